@@ -1,0 +1,1 @@
+"""The components treadle ships, registered through the same hooks as any plugin."""

@@ -1,0 +1,262 @@
+"""Every hook a treadle plugin may implement, and nothing else.
+
+Plugin authors implement these with ``from treadle import hookimpl``. Three families:
+
+1. **Registration** hooks run once per process, when a registry is first needed. They must be
+   cheap: name what the plugin offers and the ``"module:attr"`` path of its implementation; the
+   implementation is imported only when an argument selects it. No torch, no vendor library.
+2. **Configuration** hooks adjust and validate the parsed arguments and describe the
+   environment for ``treadle env``.
+3. **Lifecycle** hooks are called by the training loop. They all receive ``trainer``, ``args``,
+   ``state`` and ``control`` (event-specific arguments come after, by keyword). Their return
+   value is ignored: a hook steers the loop only by setting flags on ``control``.
+
+Plus two checkpoint hooks so a plugin can keep its own state across a resume.
+
+pluggy passes arguments by name, so an implementation may accept only the arguments it needs
+(``def treadle_on_log(logs): ...`` is valid).
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, Mapping
+
+from treadle.markers import hookspec
+
+if TYPE_CHECKING:  # imported for annotations only: this module must stay light
+    from treadle.args import TrainingArguments
+    from treadle.plugins import ArgumentSchema, ComponentSpec, Register
+    from treadle.state import TrainerControl, TrainerState
+
+
+# --------------------------------------------------------------------------------------------
+# Family 1: registration
+# --------------------------------------------------------------------------------------------
+
+
+@hookspec
+def treadle_add_arguments(schema: ArgumentSchema) -> None:
+    """Add this plugin's own argument fields.
+
+    Call ``schema.add(name, type=..., default=..., help=...)``. Names must start with the
+    plugin's namespace (``wandb_project`` for the plugin ``wandb``) so they never collide with
+    the core schema. The fields appear in ``treadle train --help`` under the plugin's group,
+    parse like core fields, and are read back as ``args.<name>`` (stored in
+    ``args.plugin_options``).
+    """
+
+
+@hookspec
+def treadle_register_backends(register: Register) -> None:
+    """Name the device backends this plugin provides (selected by ``--backend``).
+
+    ``register("xla", "treadle_xla.backend:XlaBackend", requires=("torch_xla",), priority=30)``.
+    ``priority`` orders the candidates of ``--backend auto`` (highest available wins).
+    """
+
+
+@hookspec
+def treadle_register_precisions(register: Register) -> None:
+    """Name the precision plugins this plugin provides (selected by ``--precision``)."""
+
+
+@hookspec
+def treadle_register_strategies(register: Register) -> None:
+    """Name the distribution strategies this plugin provides (selected by ``--strategy``)."""
+
+
+@hookspec
+def treadle_register_optimizers(register: Register) -> None:
+    """Name the optimizers this plugin provides (selected by ``--optim``).
+
+    The target is a function ``(args) -> (optimizer_class, kwargs)``, the same contract as
+    ``Trainer.get_optimizer_cls_and_kwargs``.
+    """
+
+
+@hookspec
+def treadle_register_schedulers(register: Register) -> None:
+    """Name the learning-rate schedules this plugin provides (``--lr_scheduler_type``).
+
+    The target is a function
+    ``(optimizer, *, num_warmup_steps, num_training_steps, **scheduler_kwargs) -> LRScheduler``.
+    """
+
+
+@hookspec
+def treadle_register_reporters(register: Register) -> None:
+    """Name the metric reporters this plugin provides (selected by ``--report_to``)."""
+
+
+@hookspec
+def treadle_register_hubs(register: Register) -> None:
+    """Name the model-hub synchronisers this plugin provides (used by ``--push_to_hub``)."""
+
+
+@hookspec
+def treadle_register_tasks(register: Register) -> None:
+    """Name the tasks this plugin provides (selected by ``--task``).
+
+    The target is a function ``(args) -> TaskParts`` (see ``treadle.components``).
+    """
+
+
+# --------------------------------------------------------------------------------------------
+# Family 2: configuration and environment
+# --------------------------------------------------------------------------------------------
+
+
+@hookspec
+def treadle_adjust_arguments(args: TrainingArguments, explicit: frozenset[str]) -> None:
+    """Adjust the parsed arguments in place before they are validated.
+
+    ``explicit`` holds the names the user set (command line, config file or Python), so an
+    implication never overrides an explicit choice. Raise ``treadle.UsageError`` for a real
+    contradiction.
+    """
+
+
+@hookspec
+def treadle_validate_arguments(args: TrainingArguments) -> list[str] | None:
+    """Return messages describing what is wrong with the arguments (or None).
+
+    The messages of every plugin are collected and reported together, in one error.
+    """
+
+
+@hookspec(firstresult=True)
+def treadle_resolve_component(kind: str, name: str, args: TrainingArguments | None) -> ComponentSpec | None:
+    """Resolve a component name that no registry holds; the first non-None answer wins.
+
+    The core's own implementation (``trylast``) accepts ``module:attr`` paths, so
+    ``--task mypkg.tasks:build`` and ``--optim mypkg.opt:lion`` work without a plugin.
+    """
+
+
+@hookspec(firstresult=True)
+def treadle_select_default(kind: str, args: TrainingArguments, candidates: list[ComponentSpec]) -> str | None:
+    """Choose the component name for ``--backend auto`` (``kind == "backend"``).
+
+    ``candidates`` are the registered specs of that kind, highest priority first. The core's
+    own implementation (``trylast``) picks the first one whose class says it is available. A
+    site plugin can pin a choice by answering first.
+    """
+
+
+@hookspec
+def treadle_report_env() -> list[tuple[str, str]] | None:
+    """Return ``(label, value)`` lines for ``treadle env`` (library versions, devices).
+
+    Called only by ``treadle env``, so it may import the plugin's own library. A failure is
+    shown as that plugin's error line and does not stop the others.
+    """
+
+
+# --------------------------------------------------------------------------------------------
+# Family 3: lifecycle (called by the Trainer; steer only through ``control``)
+# --------------------------------------------------------------------------------------------
+
+
+@hookspec
+def treadle_on_init_end(trainer: Any, args: TrainingArguments, state: TrainerState, control: TrainerControl) -> None:
+    """The Trainer has finished its constructor."""
+
+
+@hookspec
+def treadle_on_train_begin(trainer: Any, args: TrainingArguments, state: TrainerState, control: TrainerControl) -> None:
+    """Training starts (after a resume, ``state`` already holds the restored values)."""
+
+
+@hookspec
+def treadle_on_train_end(trainer: Any, args: TrainingArguments, state: TrainerState, control: TrainerControl) -> None:
+    """Training has ended (normally or because ``control.should_training_stop`` was set)."""
+
+
+@hookspec
+def treadle_on_epoch_begin(trainer: Any, args: TrainingArguments, state: TrainerState, control: TrainerControl) -> None:
+    """An epoch starts."""
+
+
+@hookspec
+def treadle_on_epoch_end(trainer: Any, args: TrainingArguments, state: TrainerState, control: TrainerControl) -> None:
+    """An epoch ends. The flow plugin decides here about epoch-wise log / eval / save."""
+
+
+@hookspec
+def treadle_on_step_begin(trainer: Any, args: TrainingArguments, state: TrainerState, control: TrainerControl) -> None:
+    """An optimizer step starts (its first micro-batch is about to run)."""
+
+
+@hookspec
+def treadle_on_substep_end(trainer: Any, args: TrainingArguments, state: TrainerState, control: TrainerControl) -> None:
+    """A gradient-accumulation micro-batch ended without an optimizer step."""
+
+
+@hookspec
+def treadle_on_pre_optimizer_step(trainer: Any, args: TrainingArguments, state: TrainerState, control: TrainerControl) -> None:
+    """Gradients are final (clipped) and the optimizer is about to step."""
+
+
+@hookspec
+def treadle_on_optimizer_step(trainer: Any, args: TrainingArguments, state: TrainerState, control: TrainerControl) -> None:
+    """The optimizer has stepped; gradients are not zeroed yet."""
+
+
+@hookspec
+def treadle_on_step_end(trainer: Any, args: TrainingArguments, state: TrainerState, control: TrainerControl) -> None:
+    """An optimizer step ended; ``state.global_step`` counts it. Set ``control`` flags here."""
+
+
+@hookspec
+def treadle_on_evaluate(
+    trainer: Any, args: TrainingArguments, state: TrainerState, control: TrainerControl, metrics: dict[str, float]
+) -> None:
+    """An evaluation finished with ``metrics``."""
+
+
+@hookspec
+def treadle_on_predict(
+    trainer: Any, args: TrainingArguments, state: TrainerState, control: TrainerControl, metrics: dict[str, float]
+) -> None:
+    """A prediction run finished with ``metrics``."""
+
+
+@hookspec
+def treadle_on_prediction_step(trainer: Any, args: TrainingArguments, state: TrainerState, control: TrainerControl) -> None:
+    """One evaluation or prediction batch was processed."""
+
+
+@hookspec
+def treadle_on_log(
+    trainer: Any, args: TrainingArguments, state: TrainerState, control: TrainerControl, logs: dict[str, float]
+) -> None:
+    """The Trainer logged ``logs`` (reporters write them out here)."""
+
+
+@hookspec
+def treadle_on_save(
+    trainer: Any, args: TrainingArguments, state: TrainerState, control: TrainerControl, checkpoint_dir: str
+) -> None:
+    """A checkpoint was written, complete and verified, at ``checkpoint_dir``."""
+
+
+@hookspec
+def treadle_on_push_begin(
+    trainer: Any, args: TrainingArguments, state: TrainerState, control: TrainerControl, checkpoint_dir: str
+) -> None:
+    """The Trainer is about to push ``checkpoint_dir`` to a model hub."""
+
+
+# --------------------------------------------------------------------------------------------
+# Family 4: plugin state in checkpoints
+# --------------------------------------------------------------------------------------------
+
+
+@hookspec
+def treadle_checkpoint_state(trainer: Any) -> dict[str, Any] | None:
+    """Return JSON-serialisable state to store in the checkpoint under this plugin's name."""
+
+
+@hookspec
+def treadle_load_checkpoint_state(trainer: Any, states: Mapping[str, dict[str, Any]]) -> None:
+    """Restore state on resume; ``states`` maps plugin names to what they returned above."""

@@ -1,0 +1,583 @@
+"""The plugin manager: discovery, isolation, registries of named components, resolution.
+
+Discovery goes through the ``treadle`` entry-point group. Each entry point names a light hooks
+module; loading it must not import torch or a vendor library. A module that fails to import or
+to register is recorded as *broken* and left out, so one bad plugin never stops the others
+(``TREADLE_STRICT_PLUGINS=1`` turns that into a hard error for plugin development).
+
+The core's builtins are registered first, under the name ``treadle``, through exactly the same
+hooks a third party implements.
+
+Environment:
+  ``TREADLE_DISABLE_PLUGIN_AUTOLOAD=1``  load no entry point (builtins only).
+  ``TREADLE_PLUGINS=a,b``                load only these entry points (or distributions).
+  ``TREADLE_BLOCKED_PLUGINS=a,b``        never load these.
+  ``TREADLE_STRICT_PLUGINS=1``           a broken plugin or a duplicate name raises.
+"""
+
+from __future__ import annotations
+
+import difflib
+import importlib
+import importlib.metadata
+import importlib.util
+import os
+import sys
+import warnings
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterable, Optional
+
+import pluggy
+
+from treadle import hookspecs
+from treadle.__about__ import __version__
+from treadle.errors import PluginError
+
+ENTRY_POINT_GROUP = "treadle"
+BUILTIN_PLUGIN_NAME = "treadle"
+
+COMPONENT_KINDS: dict[str, str] = {
+    "backend": "treadle_register_backends",
+    "precision": "treadle_register_precisions",
+    "strategy": "treadle_register_strategies",
+    "optimizer": "treadle_register_optimizers",
+    "scheduler": "treadle_register_schedulers",
+    "reporter": "treadle_register_reporters",
+    "hub": "treadle_register_hubs",
+    "task": "treadle_register_tasks",
+}
+"""Each component kind and the registration hook that fills its registry."""
+
+SELECTOR_OPTION: dict[str, str] = {
+    "backend": "--backend",
+    "precision": "--precision",
+    "strategy": "--strategy",
+    "optimizer": "--optim",
+    "scheduler": "--lr_scheduler_type",
+    "reporter": "--report_to",
+    "hub": "--push_to_hub",
+    "task": "--task",
+}
+"""The argument that selects a component of each kind (used in error messages)."""
+
+KNOWN_DISTRIBUTIONS: dict[tuple[str, str], str] = {
+    ("backend", "cuda"): "treadle-cuda",
+    ("backend", "mps"): "treadle-mps",
+    ("backend", "xla"): "treadle-xla",
+    ("backend", "tpu"): "treadle-xla",
+    ("precision", "fp16"): "treadle-amp",
+    ("precision", "bf16"): "treadle-amp",
+    ("strategy", "ddp"): "treadle-ddp",
+    ("strategy", "fsdp"): "treadle-fsdp",
+    ("strategy", "deepspeed"): "treadle-deepspeed",
+    ("reporter", "tensorboard"): "treadle-tensorboard",
+    ("reporter", "wandb"): "treadle-wandb",
+    ("reporter", "mlflow"): "treadle-mlflow",
+    ("hub", "huggingface"): "treadle-hub",
+}
+"""First-party distributions, for the ``pip install`` hint when a selected name is missing."""
+
+
+def _env_list(name: str) -> Optional[set[str]]:
+    value = os.environ.get(name)
+    if value is None:
+        return None
+    return {item.strip() for item in value.split(",") if item.strip()}
+
+
+def _env_flag(name: str) -> bool:
+    return os.environ.get(name, "").strip().lower() in {"1", "true", "yes", "on"}
+
+
+def import_target(target: str) -> Any:
+    """Import ``"package.module:attr.path"`` and return the attribute."""
+    module_name, _, attr_path = target.partition(":")
+    obj: Any = importlib.import_module(module_name)
+    for part in filter(None, attr_path.split(".")):
+        obj = getattr(obj, part)
+    return obj
+
+
+# ---------------------------------------------------------------------------------------------
+# What plugins are and what they provide
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass
+class PluginRecord:
+    """One plugin as ``treadle plugins`` shows it."""
+
+    name: str
+    distribution: str
+    version: str
+    module: str
+    status: str = "ok"  # ok | broken
+    error: Optional[str] = None
+    provides: dict[str, list[str]] = field(default_factory=dict)
+    arguments: list[str] = field(default_factory=list)
+    hooks: list[str] = field(default_factory=list)
+
+    @property
+    def label(self) -> str:
+        return f"{self.distribution} {self.version}"
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "distribution": self.distribution,
+            "version": self.version,
+            "module": self.module,
+            "status": self.status,
+            "error": self.error,
+            "provides": self.provides,
+            "arguments": self.arguments,
+            "hooks": self.hooks,
+        }
+
+
+@dataclass
+class ComponentSpec:
+    """A named component: who provides it and where its implementation lives.
+
+    Nothing is imported until ``load()``; ``available()`` checks the ``requires`` modules with
+    ``importlib.util.find_spec`` only.
+    """
+
+    kind: str
+    name: str
+    target: str
+    plugin: PluginRecord
+    description: str = ""
+    aliases: tuple[str, ...] = ()
+    requires: tuple[str, ...] = ()
+    priority: int = 0
+    init: dict[str, Any] = field(default_factory=dict)
+    compat: dict[str, tuple[str, ...]] = field(default_factory=dict)
+
+    @property
+    def distribution(self) -> str:
+        return self.plugin.distribution
+
+    def missing_requirements(self) -> list[str]:
+        missing = []
+        for module in self.requires:
+            try:
+                found = importlib.util.find_spec(module) is not None
+            except (ImportError, ValueError):
+                found = False
+            if not found:
+                missing.append(module)
+        return missing
+
+    def available(self) -> bool:
+        return not self.missing_requirements()
+
+    def load(self) -> Any:
+        """Import and return the implementation, or raise a ``PluginError`` that says why not."""
+        missing = self.missing_requirements()
+        if missing:
+            raise PluginError(
+                f"{self.kind} '{self.name}' is provided by {self.plugin.label}, but "
+                f"{', '.join(missing)} {'is' if len(missing) == 1 else 'are'} not importable; "
+                f"install {'it' if len(missing) == 1 else 'them'} (pip install {' '.join(missing)}) and try again."
+            )
+        try:
+            return import_target(self.target)
+        except Exception as exc:  # any import-time failure of the plugin's own module
+            raise PluginError(
+                f"{self.kind} '{self.name}' from {self.plugin.label} failed to import "
+                f"{self.target}: {type(exc).__name__}: {exc}"
+            ) from exc
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "target": self.target,
+            "distribution": self.distribution,
+            "description": self.description,
+            "aliases": list(self.aliases),
+            "available": self.available(),
+        }
+
+
+class Register:
+    """The ``register`` callback a registration hook receives, bound to one plugin and kind."""
+
+    def __init__(self, kind: str, plugin: PluginRecord) -> None:
+        self.kind = kind
+        self.plugin = plugin
+        self.entries: list[tuple[ComponentSpec, bool]] = []
+
+    def __call__(
+        self,
+        name: str,
+        target: str,
+        *,
+        description: str = "",
+        aliases: Iterable[str] = (),
+        requires: Iterable[str] = (),
+        priority: int = 0,
+        init: Optional[dict[str, Any]] = None,
+        compat: Optional[dict[str, Iterable[str]]] = None,
+        override: bool = False,
+    ) -> None:
+        """Offer ``name`` (the value users type) implemented by ``target`` (``"module:attr"``).
+
+        ``requires`` lists modules that must be importable; ``priority`` orders ``auto``
+        choices; ``init`` holds keyword presets passed to the implementation; ``compat`` maps
+        another kind to the names this one works with; ``override=True`` replaces a name another
+        distribution registered (replacing a builtin warns).
+        """
+        if ":" not in target:
+            raise ValueError(f"register({name!r}): target {target!r} must look like 'package.module:attr'")
+        spec = ComponentSpec(
+            kind=self.kind,
+            name=name,
+            target=target,
+            plugin=self.plugin,
+            description=description,
+            aliases=tuple(aliases),
+            requires=tuple(requires),
+            priority=priority,
+            init=dict(init or {}),
+            compat={k: tuple(v) for k, v in (compat or {}).items()},
+        )
+        self.entries.append((spec, override))
+
+
+@dataclass
+class PluginField:
+    """An argument field a plugin adds (``treadle_add_arguments``)."""
+
+    name: str
+    type: Any
+    default: Any
+    help: str
+    plugin: PluginRecord
+    choices: Optional[tuple[Any, ...]] = None
+
+
+class ArgumentSchema:
+    """What ``treadle_add_arguments`` receives: ``schema.add(...)`` declares a field."""
+
+    def __init__(self, plugin: PluginRecord, namespace: str, taken: dict[str, PluginField], core_names: set[str]) -> None:
+        self._plugin = plugin
+        self._namespace = namespace
+        self._taken = taken
+        self._core_names = core_names
+        self.added: list[PluginField] = []
+
+    def add(self, name: str, *, type: Any = str, default: Any = None, help: str = "", choices: Optional[Iterable[Any]] = None) -> None:
+        """Declare ``--<name>``; ``name`` must start with ``<plugin namespace>_``."""
+        if not name.startswith(self._namespace + "_"):
+            raise ValueError(f"argument {name!r} must be namespaced as '{self._namespace}_...'")
+        if name in self._core_names:
+            raise ValueError(f"argument {name!r} is already a core treadle argument")
+        if name in self._taken:
+            other = self._taken[name].plugin
+            raise ValueError(f"argument {name!r} is already declared by {other.label}")
+        self.added.append(PluginField(name, type, default, help, self._plugin, tuple(choices) if choices else None))
+
+
+# ---------------------------------------------------------------------------------------------
+# Per-run hook caller
+# ---------------------------------------------------------------------------------------------
+
+
+class RunHooks:
+    """The hook caller of one run: core flow plugin, selected components, user callbacks.
+
+    Each run gets its own pluggy manager so a run's reporters and callbacks never leak into
+    another run. A lifecycle hook that raises is re-raised with a note naming the plugin.
+    """
+
+    def __init__(self) -> None:
+        self._pm = pluggy.PluginManager(ENTRY_POINT_GROUP)
+        self._pm.add_hookspecs(hookspecs)
+
+    def register(self, plugin: object, name: Optional[str] = None) -> None:
+        self._pm.register(plugin, name=name)
+        _check_known_hooks(self._pm, plugin)
+
+    def unregister(self, plugin: object) -> None:
+        self._pm.unregister(plugin)
+
+    def plugins(self) -> list[object]:
+        return list(self._pm.get_plugins())
+
+    def has_impls(self, event: str) -> bool:
+        return bool(getattr(self._pm.hook, f"treadle_on_{event}").get_hookimpls())
+
+    def call(self, hook_name: str, **kwargs: Any) -> list[Any]:
+        caller = getattr(self._pm.hook, hook_name)
+        try:
+            return caller(**kwargs)
+        except Exception as exc:
+            culprit = _culprit(caller.get_hookimpls(), exc)
+            if culprit is not None and hasattr(exc, "add_note"):
+                exc.add_note(f"treadle: raised in {hook_name} of plugin {culprit}")
+            raise
+
+    def impls(self, hook_name: str) -> list[pluggy.HookImpl]:
+        return getattr(self._pm.hook, hook_name).get_hookimpls()
+
+
+def _culprit(impls: list[pluggy.HookImpl], exc: BaseException) -> Optional[str]:
+    codes = {impl.function.__code__: impl.plugin_name for impl in impls if hasattr(impl.function, "__code__")}
+    tb = exc.__traceback__
+    found = None
+    while tb is not None:
+        found = codes.get(tb.tb_frame.f_code, found)
+        tb = tb.tb_next
+    return found
+
+
+def _check_known_hooks(pm: pluggy.PluginManager, plugin: object) -> None:
+    """Reject a ``treadle_*`` implementation with no matching spec (a misspelt hook name)."""
+    callers = pm.get_hookcallers(plugin) or []
+    for caller in callers:
+        if caller.spec is None:
+            optional = any(impl.optionalhook for impl in caller.get_hookimpls() if impl.plugin is plugin)
+            if optional:
+                continue
+            known = [name for name in dir(pm.hook) if name.startswith("treadle_")]
+            close = difflib.get_close_matches(caller.name, known, n=1)
+            hint = f"; did you mean {close[0]}?" if close else ""
+            pm.unregister(plugin)
+            raise pluggy.PluginValidationError(plugin, f"unknown hook {caller.name}{hint}")
+
+
+# ---------------------------------------------------------------------------------------------
+# The process-wide manager
+# ---------------------------------------------------------------------------------------------
+
+
+class TreadlePluginManager:
+    """Installed plugins and the registries built from their registration hooks."""
+
+    def __init__(self, *, autoload: Optional[bool] = None) -> None:
+        self.pm = pluggy.PluginManager(ENTRY_POINT_GROUP)
+        self.pm.add_hookspecs(hookspecs)
+        self.records: dict[str, PluginRecord] = {}
+        self.strict = _env_flag("TREADLE_STRICT_PLUGINS")
+        self._registries: dict[str, dict[str, ComponentSpec]] = {}
+        self._aliases: dict[str, dict[str, str]] = {}
+        self._fields: Optional[dict[str, PluginField]] = None
+        self._register_builtin()
+        if autoload is None:
+            autoload = not _env_flag("TREADLE_DISABLE_PLUGIN_AUTOLOAD")
+        if autoload:
+            self.load_entry_points()
+
+    # loading ---------------------------------------------------------------------------------
+    def _register_builtin(self) -> None:
+        from treadle.builtin import hooks as builtin_hooks
+
+        record = PluginRecord(BUILTIN_PLUGIN_NAME, "treadle", __version__, builtin_hooks.__name__)
+        self.records[record.name] = record
+        self.pm.register(builtin_hooks, name=record.name)
+
+    def register_module(self, module: object, name: str, distribution: str = "", version: str = "") -> PluginRecord:
+        """Register a hooks object directly (tests, or code that embeds a plugin)."""
+        record = PluginRecord(name, distribution or name, version or "0", getattr(module, "__name__", repr(module)))
+        self._add(record, lambda: module)
+        return record
+
+    def load_entry_points(self) -> None:
+        allowed = _env_list("TREADLE_PLUGINS")
+        blocked = _env_list("TREADLE_BLOCKED_PLUGINS") or set()
+        seen: set[str] = set()
+        for ep in sorted(importlib.metadata.entry_points(group=ENTRY_POINT_GROUP), key=lambda e: e.name):
+            dist = ep.dist.name if ep.dist is not None else ep.name
+            if ep.name in seen or ep.name in self.records:
+                continue
+            seen.add(ep.name)
+            if allowed is not None and not ({ep.name, dist} & allowed):
+                continue
+            if {ep.name, dist} & blocked:
+                continue
+            version = ep.dist.version if ep.dist is not None else "?"
+            self._add(PluginRecord(ep.name, dist, version, ep.value), ep.load)
+
+    def _add(self, record: PluginRecord, load: Callable[[], object]) -> None:
+        self.records[record.name] = record
+        try:
+            module = load()
+            self.pm.register(module, name=record.name)
+            _check_known_hooks(self.pm, module)
+        except Exception as exc:
+            self._mark_broken(record, f"{type(exc).__name__}: {exc}", exc)
+            return
+        record.hooks = sorted({c.name for c in self.pm.get_hookcallers(module) or []})
+        self._invalidate()
+
+    def _mark_broken(self, record: PluginRecord, reason: str, exc: Optional[BaseException] = None) -> None:
+        record.status = "broken"
+        record.error = reason
+        plugin = self.pm.get_plugin(record.name)
+        if plugin is not None:
+            self.pm.unregister(plugin)
+        if self.strict:
+            raise PluginError(f"plugin {record.name} ({record.label}) is broken: {reason}") from exc
+        print(f"treadle: warning: plugin {record.name} ({record.label}) is broken and was skipped: {reason}", file=sys.stderr)
+        self._invalidate()
+
+    def _invalidate(self) -> None:
+        self._registries.clear()
+        self._aliases.clear()
+        self._fields = None
+
+    # registries ------------------------------------------------------------------------------
+    def registry(self, kind: str) -> dict[str, ComponentSpec]:
+        """Name -> spec for one kind, built on first use by calling each plugin's hook."""
+        if kind not in self._registries:
+            self._build_registry(kind)
+        return self._registries[kind]
+
+    def _build_registry(self, kind: str) -> None:
+        registry: dict[str, ComponentSpec] = {}
+        aliases: dict[str, str] = {}
+        for impl in getattr(self.pm.hook, COMPONENT_KINDS[kind]).get_hookimpls():
+            record = self.records[impl.plugin_name]
+            if record.status != "ok":
+                continue
+            register = Register(kind, record)
+            try:
+                impl.function(register=register)
+                for spec, override in register.entries:
+                    self._claim(registry, aliases, spec, override)
+            except Exception as exc:
+                self._mark_broken(record, f"{type(exc).__name__}: {exc}", exc)
+                return self._build_registry(kind)  # start again without the broken plugin
+            for spec, _ in register.entries:
+                record.provides.setdefault(kind, [])
+                if spec.name not in record.provides[kind]:
+                    record.provides[kind].append(spec.name)
+        self._registries[kind] = dict(sorted(registry.items(), key=lambda kv: (-kv[1].priority, kv[0])))
+        self._aliases[kind] = aliases
+
+    def _claim(self, registry: dict[str, ComponentSpec], aliases: dict[str, str], spec: ComponentSpec, override: bool) -> None:
+        holder = registry.get(spec.name) or registry.get(aliases.get(spec.name, ""))
+        if holder is not None and holder.plugin is not spec.plugin:
+            if not override:
+                raise PluginError(
+                    f"{spec.kind} '{spec.name}' is claimed by both {holder.plugin.label} and "
+                    f"{spec.plugin.label}; uninstall one, or register with override=True to replace it"
+                )
+            if holder.plugin.name == BUILTIN_PLUGIN_NAME:
+                warnings.warn(
+                    f"{spec.plugin.label} replaces treadle's builtin {spec.kind} '{spec.name}'",
+                    stacklevel=2,
+                )
+            registry.pop(holder.name, None)
+        registry[spec.name] = spec
+        for alias in spec.aliases:
+            aliases[alias] = spec.name
+
+    def names(self, kind: str) -> list[str]:
+        return list(self.registry(kind))
+
+    def resolve(self, kind: str, name: str, args: Any = None) -> ComponentSpec:
+        """Find the spec for ``name`` or raise a ``PluginError`` listing what is installed."""
+        registry = self.registry(kind)
+        canonical = self._aliases.get(kind, {}).get(name, name)
+        if canonical in registry:
+            return registry[canonical]
+        spec = self.pm.hook.treadle_resolve_component(kind=kind, name=name, args=args)
+        if spec is not None:
+            return spec
+        raise PluginError(self.missing_message(kind, name))
+
+    def missing_message(self, kind: str, name: str) -> str:
+        option = SELECTOR_OPTION.get(kind, kind)
+        installed = ", ".join(self.names(kind)) or "none"
+        lines = [f"{option} {name}: no installed plugin provides {kind} '{name}'.", f"installed {kind}s: {installed}."]
+        distribution = KNOWN_DISTRIBUTIONS.get((kind, name))
+        broken = [r for r in self.records.values() if r.status == "broken"]
+        if distribution:
+            lines.append(f"To add it: pip install {distribution}")
+        else:
+            close = difflib.get_close_matches(name, list(self.registry(kind)) + list(self._aliases.get(kind, {})), n=1)
+            if close:
+                lines.append(f"Did you mean '{close[0]}'?")
+        if broken:
+            lines.append("Broken plugins (see `treadle plugins`): " + ", ".join(r.name for r in broken))
+        return "\n".join(lines)
+
+    def select_default(self, kind: str, args: Any) -> str:
+        """The name ``auto`` stands for (``treadle_select_default``)."""
+        candidates = list(self.registry(kind).values())
+        choice = self.pm.hook.treadle_select_default(kind=kind, args=args, candidates=candidates)
+        if choice is None:
+            raise PluginError(f"{SELECTOR_OPTION.get(kind, kind)} auto: no installed {kind} is available on this machine")
+        return choice
+
+    # plugin argument fields --------------------------------------------------------------------
+    def argument_fields(self) -> dict[str, PluginField]:
+        """Every field added by ``treadle_add_arguments``, by name."""
+        if self._fields is None:
+            from treadle.args import TrainingArguments
+            import dataclasses
+
+            core = {f.name for f in dataclasses.fields(TrainingArguments)}
+            fields: dict[str, PluginField] = {}
+            for impl in self.pm.hook.treadle_add_arguments.get_hookimpls():
+                record = self.records[impl.plugin_name]
+                schema = ArgumentSchema(record, record.name.replace("-", "_"), fields, core)
+                try:
+                    impl.function(schema=schema)
+                except Exception as exc:
+                    self._mark_broken(record, f"{type(exc).__name__}: {exc}", exc)
+                    return self.argument_fields()
+                for f in schema.added:
+                    fields[f.name] = f
+                record.arguments = [f.name for f in schema.added]
+            self._fields = fields
+        return self._fields
+
+    # hooks for the configuration family ----------------------------------------------------------
+    def adjust_and_validate(self, args: Any, explicit: frozenset[str]) -> list[str]:
+        """Run every plugin's adjust hook, then collect every validation message."""
+        self.pm.hook.treadle_adjust_arguments(args=args, explicit=explicit)
+        messages: list[str] = []
+        for result in self.pm.hook.treadle_validate_arguments(args=args):
+            messages.extend(result or [])
+        return messages
+
+    def report_env(self) -> list[tuple[str, str, str]]:
+        """``(plugin, label, value)`` lines for ``treadle env``; a failing plugin reports its error."""
+        lines = []
+        for impl in self.pm.hook.treadle_report_env.get_hookimpls():
+            try:
+                for label, value in impl.function() or []:
+                    lines.append((impl.plugin_name, label, str(value)))
+            except Exception as exc:
+                lines.append((impl.plugin_name, "error", f"{type(exc).__name__}: {exc}"))
+        return lines
+
+    def checkpoint_hook_impls(self) -> list[pluggy.HookImpl]:
+        return self.pm.hook.treadle_checkpoint_state.get_hookimpls()
+
+    def collect_all(self) -> list[PluginRecord]:
+        """Build every registry and the argument fields, then list the plugins."""
+        for kind in COMPONENT_KINDS:
+            self.registry(kind)
+        self.argument_fields()
+        return list(self.records.values())
+
+
+_MANAGER: Optional[TreadlePluginManager] = None
+
+
+def get_plugin_manager() -> TreadlePluginManager:
+    """The process-wide manager (created, and entry points loaded, on first use)."""
+    global _MANAGER
+    if _MANAGER is None:
+        _MANAGER = TreadlePluginManager()
+    return _MANAGER
+
+
+def reset_plugin_manager(manager: Optional[TreadlePluginManager] = None) -> None:
+    """Replace (or forget) the process-wide manager; for tests and embedding applications."""
+    global _MANAGER
+    _MANAGER = manager
