@@ -69,8 +69,8 @@ def treadle_register_strategies(register: Register) -> None:
 def treadle_register_optimizers(register: Register) -> None:
     """Name the optimizers this plugin provides (selected by ``--optim``).
 
-    The target is a function ``(args) -> (optimizer_class, kwargs)``, the same contract as
-    ``Trainer.get_optimizer_cls_and_kwargs``.
+    The target is a function ``(args, model=None) -> (optimizer_class, kwargs)``, the same
+    contract as ``Trainer.get_optimizer_cls_and_kwargs``.
     """
 
 
@@ -97,7 +97,9 @@ def treadle_register_hubs(register: Register) -> None:
 def treadle_register_tasks(register: Register) -> None:
     """Name the tasks this plugin provides (selected by ``--task``).
 
-    The target is a function ``(args) -> TaskParts`` (see ``treadle.components``).
+    The target is a function ``(args) -> TaskParts`` (see ``treadle.components``). Pass
+    ``defaults={"learning_rate": 1e-3, ...}`` to ``register`` for argument values that suit the
+    task; they apply only to arguments the user did not set.
     """
 
 

@@ -153,6 +153,7 @@ class ComponentSpec:
     priority: int = 0
     init: dict[str, Any] = field(default_factory=dict)
     compat: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    defaults: dict[str, Any] = field(default_factory=dict)
 
     @property
     def distribution(self) -> str:
@@ -219,13 +220,16 @@ class Register:
         priority: int = 0,
         init: Optional[dict[str, Any]] = None,
         compat: Optional[dict[str, Iterable[str]]] = None,
+        defaults: Optional[dict[str, Any]] = None,
         override: bool = False,
     ) -> None:
         """Offer ``name`` (the value users type) implemented by ``target`` (``"module:attr"``).
 
         ``requires`` lists modules that must be importable; ``priority`` orders ``auto``
         choices; ``init`` holds keyword presets passed to the implementation; ``compat`` maps
-        another kind to the names this one works with; ``override=True`` replaces a name another
+        another kind to the names this one works with; ``defaults`` holds argument values that
+        suit this component, applied to arguments the user left unset when it is selected;
+        ``override=True`` replaces a name another
         distribution registered (replacing a builtin warns).
         """
         if ":" not in target:
@@ -241,6 +245,7 @@ class Register:
             priority=priority,
             init=dict(init or {}),
             compat={k: tuple(v) for k, v in (compat or {}).items()},
+            defaults=dict(defaults or {}),
         )
         self.entries.append((spec, override))
 

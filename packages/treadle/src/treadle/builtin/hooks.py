@@ -121,7 +121,21 @@ def treadle_register_reporters(register: Any) -> None:
 
 @hookimpl
 def treadle_register_tasks(register: Any) -> None:
-    register("demo", f"{_PKG}.demo_task:build", description="synthetic digit classification, no download")
+    register(
+        "demo",
+        f"{_PKG}.demo_task:build",
+        description="classify noisy synthetic 8x8 digit glyphs with a small MLP; no download",
+        defaults={
+            "learning_rate": 2e-3,
+            "per_device_train_batch_size": 64,
+            "per_device_eval_batch_size": 256,
+            "num_train_epochs": 3.0,
+            "eval_strategy": "epoch",
+            "logging_steps": 50,
+            "output_dir": "treadle_demo_output",
+            "report_to": ["console", "jsonl"],
+        },
+    )
 
 
 @hookimpl(trylast=True)
