@@ -133,7 +133,7 @@ def treadle_register_tasks(register: Any) -> None:
             "eval_strategy": "epoch",
             "logging_steps": 50,
             "output_dir": "treadle_demo_output",
-            "report_to": ["console", "jsonl"],
+            "report_to": ["jsonl"],
         },
     )
 
