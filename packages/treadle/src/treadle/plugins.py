@@ -345,7 +345,7 @@ def _check_known_hooks(pm: pluggy.PluginManager, plugin: object) -> None:
             optional = any(impl.optionalhook for impl in caller.get_hookimpls() if impl.plugin is plugin)
             if optional:
                 continue
-            known = [name for name in dir(pm.hook) if name.startswith("treadle_")]
+            known = [name for name in dir(hookspecs) if name.startswith("treadle_")]
             close = difflib.get_close_matches(caller.name, known, n=1)
             hint = f"; did you mean {close[0]}?" if close else ""
             pm.unregister(plugin)

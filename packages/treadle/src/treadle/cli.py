@@ -1,0 +1,280 @@
+"""The ``treadle`` command.
+
+    treadle train [ARGS] [config.yaml ...]     train (the builtin demo task by default)
+    treadle evaluate / predict [ARGS]          evaluate or predict with the same arguments
+    treadle args [ARGS]                        the effective arguments and where each came from
+    treadle plugins [--json]                   installed plugins and what they provide
+    treadle env                                the block to paste into a bug report
+    treadle verify-resume [ARGS] --stop_at N   check that a resumed run equals a straight one
+
+This module imports only the standard library and treadle's light modules: ``--help``,
+``plugins`` and argument parsing never import torch or a plugin's implementation. A user
+mistake prints one message and exits 2; nothing here prints a traceback for it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import textwrap
+from typing import Any, Callable, Optional, Sequence
+
+from treadle.__about__ import __version__
+from treadle.errors import TreadleError, UsageError
+
+COMMANDS: dict[str, str] = {
+    "train": "train a model (the builtin demo task unless --task says otherwise)",
+    "evaluate": "evaluate a model on the task's evaluation set",
+    "predict": "predict on the task's test set",
+    "args": "print the effective arguments and where each value came from",
+    "plugins": "list installed plugins, what they provide, and whether they work",
+    "env": "print versions, platform, devices and plugins for a bug report",
+    "verify-resume": "train straight and with a stop + resume; report where they first differ",
+}
+
+USAGE = f"""usage: treadle [--version] [--help] <command> [arguments] [config.yaml ...]
+
+treadle {__version__}: a PyTorch trainer made of a small core and plugins.
+
+commands:
+{chr(10).join(f"  {name:<15}{text}" for name, text in COMMANDS.items())}
+
+`treadle <command> --help` lists the arguments of a command (every training argument,
+grouped, with the groups that installed plugins add).
+
+examples:
+  treadle train
+  treadle train --task mypkg.tasks:build --max_steps 500 --eval_strategy steps --eval_steps 100
+  treadle args --per_device_train_batch_size 32 run.yaml
+"""
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """Entry point of the console script; returns the exit status."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    try:
+        return _dispatch(argv)
+    except TreadleError as exc:
+        _error(str(exc))
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print("treadle: interrupted", file=sys.stderr)
+        return 130
+
+
+def _error(message: str) -> None:
+    first, *rest = message.splitlines() or [""]
+    print(f"treadle: error: {first}", file=sys.stderr)
+    for line in rest:
+        print(f"  {line}", file=sys.stderr)
+
+
+def _dispatch(argv: list[str]) -> int:
+    if not argv or argv[0] in {"-h", "--help", "help"}:
+        print(USAGE, end="")
+        return 0
+    if argv[0] in {"-V", "--version"}:
+        print(f"treadle {__version__}")
+        return 0
+    command, rest = argv[0], argv[1:]
+    handler = HANDLERS.get(command)
+    if handler is None:
+        import difflib
+
+        close = difflib.get_close_matches(command, list(COMMANDS), n=1)
+        hint = f" Did you mean '{close[0]}'?" if close else ""
+        raise UsageError(f"unknown command {command!r}.{hint} Commands: {', '.join(COMMANDS)}")
+    return handler(command, rest)
+
+
+# ---------------------------------------------------------------------------------------------
+# train / evaluate / predict / verify-resume
+# ---------------------------------------------------------------------------------------------
+
+
+def _run(command: str, rest: list[str]) -> int:
+    if _wants_help(rest):
+        print(training_help(command), end="")
+        return 0
+    from treadle.config import parse_arguments
+
+    extra = {"stop_at": "str"} if command == "verify-resume" else None
+    parsed = parse_arguments(rest, extra_flags=extra)
+    if command == "verify-resume":
+        return _verify_resume(parsed)
+    from treadle.run import run_command
+
+    return run_command(command, parsed.args)
+
+
+def _verify_resume(parsed: Any) -> int:
+    stop_at = parsed.extras.get("stop_at")
+    if stop_at is None or not str(stop_at).isdigit():
+        raise UsageError("verify-resume needs --stop_at N (the optimizer step at which to stop and resume)")
+    from treadle.verify_resume import run_cli
+
+    return run_cli(parsed.args, int(stop_at))
+
+
+def _wants_help(rest: list[str]) -> bool:
+    return any(word in {"-h", "--help"} for word in rest)
+
+
+def training_help(command: str) -> str:
+    """Every argument, grouped: the core groups first, then one group per plugin."""
+    from treadle.config import core_fields, plugin_fields
+    from treadle.plugins import get_plugin_manager
+
+    pm = get_plugin_manager()
+    fields = {**core_fields(), **plugin_fields(pm)}
+    selectors = {
+        "backend": "backend",
+        "precision": "precision",
+        "strategy": "strategy",
+        "optim": "optimizer",
+        "lr_scheduler_type": "scheduler",
+        "report_to": "reporter",
+        "task": "task",
+    }
+    width = min(100, max(60, _terminal_width()))
+    lines = [
+        f"usage: treadle {command} [--name value ...] [config.json|config.yaml ...]",
+        "",
+        COMMANDS.get(command, ""),
+        "Booleans take --flag, --flag false or --no_flag; lists take several words or a,b,c;",
+        "config files (positional or --config) are overridden by the command line.",
+    ]
+    if command == "verify-resume":
+        lines.append("--stop_at N: the optimizer step at which the second run stops and resumes.")
+    groups: dict[str, list[Any]] = {}
+    for info in fields.values():
+        groups.setdefault("Deprecated aliases" if info.deprecated_for else info.group, []).append(info)
+    order = [g for g in groups if not g.startswith(("Plugin ", "Deprecated"))]
+    order += sorted(g for g in groups if g.startswith("Plugin ")) + [g for g in groups if g == "Deprecated aliases"]
+    for group in order:
+        lines += ["", f"{group}:"]
+        for info in groups[group]:
+            lines.append(f"  --{info.name} {info.metavar}")
+            text = info.help.strip()
+            if info.deprecated_for:
+                text = f"deprecated: use --{info.deprecated_for}. {text}".strip()
+            choices = info.choices
+            if info.name in selectors:
+                names = pm.names(selectors[info.name])
+                choices = tuple(names) + (("auto",) if info.name == "backend" else ())
+            if choices:
+                text += f" Choices: {', '.join(map(str, choices))}."
+            if not info.deprecated_for:
+                text += f" (default: {_show_default(info.default)})"
+            lines += textwrap.wrap(text, width=width, initial_indent=" " * 6, subsequent_indent=" " * 6)
+    return "\n".join(lines) + "\n"
+
+
+def _show_default(value: Any) -> str:
+    return "unset" if value is None else repr(value) if isinstance(value, str) else str(value)
+
+
+def _terminal_width() -> int:
+    try:
+        return os.get_terminal_size().columns
+    except OSError:
+        return 100
+
+
+# ---------------------------------------------------------------------------------------------
+# args
+# ---------------------------------------------------------------------------------------------
+
+
+def _args(command: str, rest: list[str]) -> int:
+    if _wants_help(rest):
+        print("usage: treadle args [--json] [--changed] [training arguments] [config files]\n")
+        print("Print the effective arguments and the source of each value: default, a task's")
+        print("default, a config file, the command line, or implied by another value.")
+        print("--changed shows only values that do not come from the schema default.")
+        return 0
+    from treadle.config import parse_arguments
+
+    parsed = parse_arguments(rest, extra_flags={"json": "bool", "changed": "bool"})
+    effective = parsed.args.to_dict()
+    effective.update(effective.pop("plugin_options", {}) or {})
+    rows = [
+        (name, value, parsed.sources.get(name, "default"))
+        for name, value in effective.items()
+        if not parsed.extras.get("changed") or parsed.sources.get(name, "default") != "default"
+    ]
+    if parsed.extras.get("json"):
+        print(json.dumps({name: {"value": value, "source": source} for name, value, source in rows}, indent=2, default=str))
+        return 0
+    width = max((len(name) for name, _, _ in rows), default=10)
+    for name, value, source in rows:
+        print(f"{name:<{width}}  {json.dumps(value, default=str):<30}  {source}")
+    return 0
+
+
+# ---------------------------------------------------------------------------------------------
+# plugins / env
+# ---------------------------------------------------------------------------------------------
+
+
+def _plugins(command: str, rest: list[str]) -> int:
+    unknown = [w for w in rest if w not in {"--json", "-h", "--help"}]
+    if unknown:
+        raise UsageError(f"treadle plugins: unknown argument {unknown[0]!r} (it takes only --json)")
+    if _wants_help(rest):
+        print("usage: treadle plugins [--json]\n\nList installed plugins: distribution, version, status and what each provides.")
+        return 0
+    from treadle.plugins import get_plugin_manager
+
+    records = get_plugin_manager().collect_all()
+    if "--json" in rest:
+        print(json.dumps([r.to_json() for r in records], indent=2))
+        return 0
+    for record in records:
+        print(f"{record.name}  ({record.distribution} {record.version})  [{record.status}]")
+        if record.error:
+            print(f"    error: {record.error}")
+        for kind, names in record.provides.items():
+            print(f"    {kind}: {', '.join(names)}")
+        if record.arguments:
+            print(f"    arguments: {', '.join('--' + a for a in record.arguments)}")
+        other_hooks = [h for h in record.hooks if not h.startswith("treadle_register_")]
+        if other_hooks:
+            print(f"    hooks: {', '.join(other_hooks)}")
+    return 0
+
+
+def _env(command: str, rest: list[str]) -> int:
+    if rest:
+        raise UsageError("treadle env takes no arguments")
+    from treadle.plugins import get_plugin_manager
+
+    pm = get_plugin_manager()
+    records = pm.collect_all()
+    print(f"- treadle version: {__version__}")
+    for plugin, label, value in pm.report_env():
+        prefix = "" if plugin == "treadle" else f"{plugin}: "
+        print(f"- {prefix}{label}: {value}")
+    print("- plugins:")
+    for record in records:
+        status = "" if record.status == "ok" else f" [{record.status}: {record.error}]"
+        print(f"    - {record.name}: {record.distribution} {record.version}{status}")
+    for var in ("TREADLE_PLUGINS", "TREADLE_DISABLE_PLUGIN_AUTOLOAD", "TREADLE_STRICT_PLUGINS", "WORLD_SIZE", "RANK", "LOCAL_RANK"):
+        if var in os.environ:
+            print(f"- {var}={os.environ[var]}")
+    return 0
+
+
+HANDLERS: dict[str, Callable[[str, list[str]], int]] = {
+    "train": _run,
+    "evaluate": _run,
+    "predict": _run,
+    "verify-resume": _run,
+    "args": _args,
+    "plugins": _plugins,
+    "env": _env,
+}
+
+if __name__ == "__main__":  # python -m treadle.cli
+    sys.exit(main())

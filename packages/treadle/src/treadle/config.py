@@ -1,0 +1,635 @@
+"""From command line and config files to ``TrainingArguments``, remembering where each value came from.
+
+Sources, lowest precedence first:
+
+1. the schema default;
+2. defaults declared by the selected task (``register(..., defaults=...)``);
+3. config files (JSON or YAML), positional or ``--config``, later files over earlier ones;
+4. the command line;
+
+and finally values that ``TrainingArguments`` itself derives (``--bf16`` implies the precision,
+``eval_steps`` follows ``logging_steps``, ...), reported as *implied*.
+
+The command-line grammar: ``--name value``, ``--name=value``, dashes or underscores, booleans
+as ``--flag`` / ``--flag false`` / ``--no_flag``, lists as several words or a comma-separated
+word. Unknown names and values are errors with a did-you-mean suggestion.
+
+Only the standard library, PyYAML and the (torch-free) schema are imported here.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import json
+import os
+import types
+import typing
+import warnings
+from dataclasses import dataclass, field
+from typing import Any, Iterable, Optional, Sequence, Union
+
+from treadle.errors import UsageError
+
+CONFIG_SUFFIXES = (".json", ".yaml", ".yml")
+TRUE_WORDS = {"true", "yes", "y", "1", "on"}
+FALSE_WORDS = {"false", "no", "n", "0", "off"}
+NONE_WORDS = {"none", "null"}
+
+
+# ---------------------------------------------------------------------------------------------
+# Field descriptions: one shape for core fields, deprecated aliases and plugin fields
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass
+class FieldInfo:
+    """What the parser needs to know about one argument."""
+
+    name: str
+    type: Any
+    default: Any
+    help: str = ""
+    group: str = "Misc"
+    choices: Optional[tuple[Any, ...]] = None
+    deprecated_for: Optional[str] = None
+    plugin: Optional[str] = None  # the plugin that added it (plugin fields live in plugin_options)
+
+    @property
+    def shape(self) -> str:
+        return _shape(self.type)
+
+    @property
+    def metavar(self) -> str:
+        return {"bool": "[BOOL]", "int": "INT", "float": "FLOAT", "number": "NUM", "list": "VALUE [VALUE ...]", "dict": "JSON|PATH"}.get(
+            self.shape, "STR"
+        )
+
+
+def _strip_optional(tp: Any) -> tuple[Any, ...]:
+    origin = typing.get_origin(tp)
+    if origin is Union or origin is types.UnionType:
+        return tuple(a for a in typing.get_args(tp) if a is not type(None))
+    return (tp,)
+
+
+def _shape(tp: Any) -> str:
+    """Reduce a type annotation to how its text is parsed."""
+    members = _strip_optional(tp)
+    names = set()
+    for member in members:
+        origin = typing.get_origin(member) or member
+        if origin in (list, tuple, Sequence, set):
+            names.add("list")
+        elif origin in (dict, typing.Mapping):
+            names.add("dict")
+        elif member is bool:
+            names.add("bool")
+        elif member is int:
+            names.add("int")
+        elif member is float:
+            names.add("float")
+        else:
+            names.add("str")
+    if names == {"bool"}:
+        return "bool"
+    if names == {"int"}:
+        return "int"
+    if names == {"float"}:
+        return "float"
+    if names == {"int", "float"}:
+        return "number"
+    if "list" in names:
+        return "list"
+    if "dict" in names:
+        return "dict"
+    if names == {"bool", "str"}:
+        return "bool_or_str"
+    return "str"
+
+
+def core_fields() -> dict[str, FieldInfo]:
+    """The ``TrainingArguments`` fields (including deprecated aliases), by name."""
+    from treadle.args import TrainingArguments
+
+    hints = typing.get_type_hints(TrainingArguments)
+    infos = {}
+    for f in dataclasses.fields(TrainingArguments):
+        if not f.init or f.name == "plugin_options":
+            continue
+        default = f.default if f.default is not dataclasses.MISSING else (
+            f.default_factory() if f.default_factory is not dataclasses.MISSING else None  # type: ignore[misc]
+        )
+        meta = f.metadata or {}
+        infos[f.name] = FieldInfo(
+            name=f.name,
+            type=hints.get(f.name, str),
+            default=default,
+            help=meta.get("help", ""),
+            group=meta.get("group", "Misc"),
+            choices=tuple(meta["choices"]) if meta.get("choices") else None,
+            deprecated_for=meta.get("deprecated_for"),
+        )
+    return infos
+
+
+def plugin_fields(pm: Any) -> dict[str, FieldInfo]:
+    """The fields plugins added through ``treadle_add_arguments``, by name."""
+    return {
+        name: FieldInfo(
+            name=name,
+            type=pf.type,
+            default=pf.default,
+            help=pf.help,
+            group=f"Plugin {pf.plugin.name} ({pf.plugin.label})",
+            choices=pf.choices,
+            plugin=pf.plugin.name,
+        )
+        for name, pf in pm.argument_fields().items()
+    }
+
+
+# ---------------------------------------------------------------------------------------------
+# Values
+# ---------------------------------------------------------------------------------------------
+
+
+def convert(info: FieldInfo, raw: Any, *, where: str) -> Any:
+    """Turn ``raw`` (text from argv, or a value from a file) into the field's type."""
+    shape = info.shape
+    if isinstance(raw, str) and raw.strip().lower() in NONE_WORDS and shape not in {"str", "list"}:
+        return None
+    try:
+        if shape == "bool":
+            return _to_bool(raw)
+        if shape == "bool_or_str":
+            if isinstance(raw, bool):
+                return raw
+            low = str(raw).strip().lower()
+            return True if low in TRUE_WORDS else False if low in FALSE_WORDS else raw
+        if shape == "int":
+            return _to_int(raw)
+        if shape == "float":
+            return float(raw)
+        if shape == "number":
+            number = float(raw)
+            return int(number) if number.is_integer() else number
+        if shape == "list":
+            return _to_list(raw)
+        if shape == "dict":
+            return _to_dict(raw)
+        return raw if isinstance(raw, str) or raw is None else str(raw)
+    except (TypeError, ValueError) as exc:
+        raise UsageError(f"{where}: --{info.name} expects {info.metavar}, got {raw!r} ({exc})") from None
+
+
+def _to_bool(raw: Any) -> bool:
+    if isinstance(raw, bool):
+        return raw
+    low = str(raw).strip().lower()
+    if low in TRUE_WORDS:
+        return True
+    if low in FALSE_WORDS:
+        return False
+    raise ValueError("use true or false")
+
+
+def _to_int(raw: Any) -> int:
+    if isinstance(raw, bool):
+        raise ValueError("not an integer")
+    if isinstance(raw, int):
+        return raw
+    number = float(raw)
+    if not number.is_integer():
+        raise ValueError("not a whole number")
+    return int(number)
+
+
+def _to_list(raw: Any) -> list[Any]:
+    if isinstance(raw, (list, tuple)):
+        items: list[Any] = []
+        for item in raw:
+            items.extend(_to_list(item) if isinstance(item, str) else [item])
+        return items
+    if isinstance(raw, str):
+        return [part for chunk in raw.split(",") for part in [chunk.strip()] if part]
+    return [raw]
+
+
+def _to_dict(raw: Any) -> Any:
+    if isinstance(raw, dict):
+        return raw
+    text = str(raw).strip()
+    if text.startswith("{"):
+        value = json.loads(text)
+        if not isinstance(value, dict):
+            raise ValueError("not a JSON object")
+        return value
+    return text  # a path (e.g. a DeepSpeed config file): the owning plugin reads it
+
+
+# ---------------------------------------------------------------------------------------------
+# Config files
+# ---------------------------------------------------------------------------------------------
+
+
+def load_config_file(path: str) -> dict[str, Any]:
+    """Read a JSON or YAML mapping of argument names to values."""
+    if not os.path.exists(path):
+        raise UsageError(f"config file {path!r} does not exist")
+    try:
+        with open(path, encoding="utf-8") as handle:
+            text = handle.read()
+        if path.endswith(".json"):
+            data = json.loads(text)
+        else:
+            import yaml
+
+            data = yaml.safe_load(text)
+    except Exception as exc:  # JSON / YAML syntax errors: say where, not a traceback
+        raise UsageError(f"config file {path!r} is not valid {'JSON' if path.endswith('.json') else 'YAML'}: {exc}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise UsageError(f"config file {path!r} must hold a mapping of argument names to values, not {type(data).__name__}")
+    return data
+
+
+# ---------------------------------------------------------------------------------------------
+# The parse
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass
+class ParsedArguments:
+    """The result of a parse: the arguments and where each value came from."""
+
+    args: Any
+    sources: dict[str, str]
+    explicit: frozenset[str]
+    extras: dict[str, Any] = field(default_factory=dict)  # values of non-TrainingArguments flags
+
+
+def _suggest(name: str, candidates: Iterable[str]) -> str:
+    close = difflib.get_close_matches(name, list(candidates), n=1, cutoff=0.6)
+    return f"; did you mean --{close[0]}?" if close else ""
+
+
+class ArgvReader:
+    """Split argv into (name, raw value) pairs and positional words, knowing each field's shape."""
+
+    def __init__(self, fields: dict[str, FieldInfo], extra_flags: dict[str, str]) -> None:
+        self.fields = fields
+        self.extra_flags = extra_flags  # name -> shape ("bool" or "str"), e.g. {"config": "str"}
+
+    def _lookup(self, name: str) -> tuple[str, str]:
+        """Return (field name, shape); ``no_<flag>`` is the negation of a boolean."""
+        if name in self.fields:
+            return name, self.fields[name].shape
+        if name in self.extra_flags:
+            return name, self.extra_flags[name]
+        if name.startswith("no_") and self.fields.get(name[3:]) and self.fields[name[3:]].shape == "bool":
+            return name, "negated"
+        raise UsageError(f"unknown argument --{name}{_suggest(name, list(self.fields) + list(self.extra_flags))}")
+
+    def read(self, argv: Sequence[str]) -> tuple[list[tuple[str, Any]], list[str]]:
+        pairs: list[tuple[str, Any]] = []
+        positional: list[str] = []
+        i = 0
+        while i < len(argv):
+            token = argv[i]
+            i += 1
+            if token == "--":
+                positional.extend(argv[i:])
+                break
+            if not token.startswith("--"):
+                positional.append(token)
+                continue
+            raw_name, has_value, inline = token[2:].partition("=")
+            name, shape = self._lookup(raw_name.replace("-", "_"))
+            if shape == "negated":
+                if has_value:
+                    raise UsageError(f"--{raw_name} takes no value")
+                pairs.append((name[3:], False))
+                continue
+            if has_value:
+                pairs.append((name, inline))
+                continue
+            following = argv[i] if i < len(argv) else None
+            if shape in {"bool", "bool_or_str"}:
+                if following is not None and following.strip().lower() in TRUE_WORDS | FALSE_WORDS:
+                    pairs.append((name, following))
+                    i += 1
+                elif shape == "bool_or_str" and following is not None and not following.startswith("--") and not _is_config(following):
+                    pairs.append((name, following))
+                    i += 1
+                else:
+                    pairs.append((name, True))
+                continue
+            if shape == "list":
+                values = []
+                while i < len(argv) and not argv[i].startswith("--") and not _is_config(argv[i]):
+                    values.append(argv[i])
+                    i += 1
+                if not values:
+                    raise UsageError(f"--{name} expects at least one value")
+                pairs.append((name, values))
+                continue
+            if following is None or (following.startswith("--") and not _looks_negative(following)):
+                raise UsageError(f"--{name} expects a value")
+            pairs.append((name, following))
+            i += 1
+        return pairs, positional
+
+
+def _is_config(word: str) -> bool:
+    return word.endswith(CONFIG_SUFFIXES)
+
+
+def _looks_negative(word: str) -> bool:
+    try:
+        float(word)
+        return True
+    except ValueError:
+        return False
+
+
+def _check_choice(info: FieldInfo, value: Any, where: str) -> None:
+    if info.choices is None or value is None:
+        return
+    values = value if isinstance(value, list) else [value]
+    for item in values:
+        if item not in info.choices:
+            close = difflib.get_close_matches(str(item), [str(c) for c in info.choices], n=1)
+            hint = f"; did you mean {close[0]!r}?" if close else ""
+            raise UsageError(f"{where}: --{info.name} {item!r} is not one of {', '.join(map(str, info.choices))}{hint}")
+
+
+def parse_arguments(
+    argv: Sequence[str],
+    pm: Any = None,
+    *,
+    extra_flags: Optional[dict[str, str]] = None,
+    apply_task_defaults: bool = True,
+) -> ParsedArguments:
+    """Parse a ``treadle train``-style command line into ``TrainingArguments`` with provenance.
+
+    ``extra_flags`` names flags of the calling command that are not training arguments
+    (``{"json": "bool"}``); their values come back in ``ParsedArguments.extras``.
+    """
+    from treadle.args import TrainingArguments
+    from treadle.plugins import get_plugin_manager
+
+    pm = pm or get_plugin_manager()
+    core = core_fields()
+    plugin = plugin_fields(pm)
+    fields = {**core, **plugin}
+    flags = {"config": "list", **(extra_flags or {})}
+    pairs, positional = ArgvReader(fields, flags).read(argv)
+
+    extras: dict[str, Any] = {}
+    files: list[str] = []
+    for word in positional:
+        if not _is_config(word):
+            raise UsageError(f"unexpected word {word!r}: options start with --, config files end with .json, .yaml or .yml")
+        files.append(word)
+    cli_values: dict[str, Any] = {}
+    for name, raw in pairs:
+        if name == "config":
+            files.extend(raw)
+        elif name in flags:
+            extras[name] = convert(FieldInfo(name, bool if flags[name] == "bool" else str, None), raw, where="command line")
+        else:
+            cli_values[name] = convert(fields[name], raw, where="command line")
+
+    values: dict[str, Any] = {}
+    sources: dict[str, str] = {}
+    for path in files:
+        for key, raw in load_config_file(path).items():
+            name = str(key).replace("-", "_")
+            if name not in fields:
+                raise UsageError(f"config file {path!r}: unknown argument {key!r}{_suggest(name, fields)}")
+            values[name] = convert(fields[name], raw, where=f"config file {path!r}")
+            sources[name] = f"config file {path}"
+    for name, value in cli_values.items():
+        values[name] = value
+        sources[name] = "command line"
+    for name, value in values.items():
+        _check_choice(fields[name], value, sources[name])
+
+    explicit = set(values)
+    for name, value in list(values.items()):
+        target = fields[name].deprecated_for
+        if target:
+            explicit.add(target)
+
+    if apply_task_defaults:
+        task = values.get("task", core["task"].default)
+        _apply_component_defaults(pm, "task", task, values, sources, fields)
+
+    core_values = {k: v for k, v in values.items() if k in core}
+    plugin_values = {k: v for k, v in values.items() if k in plugin}
+    for name, info in plugin.items():
+        plugin_values.setdefault(name, info.default)
+    args = build_training_arguments(TrainingArguments, core_values, plugin_values)
+
+    for name, reason in getattr(args, "derived_fields", lambda: {})().items():
+        if name not in explicit:
+            sources[name] = f"implied: {reason}"
+    messages = pm.adjust_and_validate(args, frozenset(explicit))
+    messages += selection_problems(args, pm)
+    if messages:
+        raise UsageError("invalid arguments:\n" + "\n".join(f"  - {m}" for m in messages))
+    for name in fields:
+        sources.setdefault(name, "default")
+    return ParsedArguments(args=args, sources=sources, explicit=frozenset(explicit), extras=extras)
+
+
+def _apply_component_defaults(pm: Any, kind: str, name: Any, values: dict, sources: dict, fields: dict) -> None:
+    """Fill unset arguments with the defaults the selected component declares."""
+    if not isinstance(name, str):
+        return
+    try:
+        spec = pm.resolve(kind, name)
+    except UsageError:
+        return  # reported with the other selection problems
+    for key, value in spec.defaults.items():
+        if key not in values and key in fields:
+            values[key] = value
+            sources[key] = f"default of {kind} '{name}'"
+
+
+def build_training_arguments(cls: Any, core_values: dict[str, Any], plugin_values: dict[str, Any]) -> Any:
+    """Construct the dataclass, turning its validation error into a usage error."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", FutureWarning)
+        try:
+            args = cls(**core_values, plugin_options=plugin_values)
+        except UsageError:
+            raise
+        except ValueError as exc:
+            messages = getattr(exc, "messages", None) or [str(exc)]
+            raise UsageError("invalid arguments:\n" + "\n".join(f"  - {m}" for m in messages)) from None
+    for warning in caught:
+        print(f"treadle: warning: {warning.message}", file=_stderr())
+    return args
+
+
+def _stderr() -> Any:
+    import sys
+
+    return sys.stderr
+
+
+def selection_problems(args: Any, pm: Any) -> list[str]:
+    """Check that every component the arguments select is provided by an installed plugin."""
+    from treadle.errors import PluginError
+
+    wanted: list[tuple[str, Any]] = [
+        ("backend", args.backend if args.backend != "auto" else None),
+        ("precision", args.precision),
+        ("strategy", args.strategy),
+        ("optimizer", args.optim),
+        ("scheduler", args.lr_scheduler_type),
+        ("task", args.task),
+    ]
+    report_to = [r for r in (args.report_to or []) if r not in {"all", "none"}]
+    wanted += [("reporter", name) for name in report_to]
+    problems = []
+    for kind, name in wanted:
+        if name is None:
+            continue
+        try:
+            pm.resolve(kind, str(name), args)
+        except PluginError as exc:
+            problems.append(str(exc).replace("\n", "\n    "))
+    return problems
+
+
+# ---------------------------------------------------------------------------------------------
+# The Python API: HfArgumentParser-style parsing of several dataclasses
+# ---------------------------------------------------------------------------------------------
+
+
+class TreadleArgumentParser:
+    """Parse command lines and config files into one or more dataclasses.
+
+    Give it ``TrainingArguments`` plus your script's own dataclasses; each flag goes to the
+    dataclass that declares it (``TrainingArguments`` gets plugin fields too)::
+
+        parser = TreadleArgumentParser((ModelArguments, TrainingArguments))
+        model_args, training_args = parser.parse_args_into_dataclasses()
+    """
+
+    def __init__(self, dataclass_types: Union[type, Iterable[type]], pm: Any = None) -> None:
+        self.dataclass_types = [dataclass_types] if isinstance(dataclass_types, type) else list(dataclass_types)
+        self._pm = pm
+
+    @property
+    def pm(self) -> Any:
+        from treadle.plugins import get_plugin_manager
+
+        return self._pm or get_plugin_manager()
+
+    def _owner_fields(self) -> list[tuple[type, dict[str, FieldInfo]]]:
+        from treadle.args import TrainingArguments
+
+        owners = []
+        for cls in self.dataclass_types:
+            if cls is TrainingArguments:
+                owners.append((cls, {**core_fields(), **plugin_fields(self.pm)}))
+            else:
+                hints = typing.get_type_hints(cls)
+                owners.append(
+                    (
+                        cls,
+                        {
+                            f.name: FieldInfo(
+                                f.name,
+                                hints.get(f.name, str),
+                                f.default,
+                                (f.metadata or {}).get("help", ""),
+                                cls.__name__,
+                                tuple((f.metadata or {})["choices"]) if (f.metadata or {}).get("choices") else None,
+                            )
+                            for f in dataclasses.fields(cls)
+                            if f.init
+                        },
+                    )
+                )
+        return owners
+
+    def parse_dict(self, values: dict[str, Any], allow_extra_keys: bool = False) -> tuple[Any, ...]:
+        owners = self._owner_fields()
+        known = {name for _, infos in owners for name in infos}
+        unknown = [k for k in values if k not in known]
+        if unknown and not allow_extra_keys:
+            raise UsageError(f"unknown argument {unknown[0]!r}{_suggest(unknown[0], known)}")
+        return tuple(self._build(cls, infos, values, "values") for cls, infos in owners)
+
+    def parse_json_file(self, path: str, allow_extra_keys: bool = False) -> tuple[Any, ...]:
+        return self.parse_dict(load_config_file(path), allow_extra_keys)
+
+    parse_yaml_file = parse_json_file
+
+    def parse_args_into_dataclasses(
+        self, args: Optional[Sequence[str]] = None, return_remaining_strings: bool = False
+    ) -> tuple[Any, ...]:
+        import sys
+
+        argv = list(sys.argv[1:] if args is None else args)
+        owners = self._owner_fields()
+        merged = {name: info for _, infos in owners for name, info in infos.items()}
+        reader = ArgvReader(merged, {"config": "list"})
+        remaining: list[str] = []
+        if return_remaining_strings:
+            argv, remaining = _split_unknown(argv, reader)
+        pairs, positional = reader.read(argv)
+        values: dict[str, Any] = {}
+        files = [p for p in positional if _is_config(p)]
+        remaining += [p for p in positional if not _is_config(p)]
+        for name, raw in pairs:
+            if name == "config":
+                files.extend(raw)
+            else:
+                values[name] = raw
+        merged_values: dict[str, Any] = {}
+        for path in files:
+            merged_values.update({str(k).replace("-", "_"): v for k, v in load_config_file(path).items()})
+        merged_values.update(values)
+        if remaining and not return_remaining_strings:
+            raise UsageError(f"unexpected arguments: {' '.join(remaining)}")
+        result = tuple(self._build(cls, infos, merged_values, "command line") for cls, infos in owners)
+        return (*result, remaining) if return_remaining_strings else result
+
+    def _build(self, cls: type, infos: dict[str, FieldInfo], values: dict[str, Any], where: str) -> Any:
+        from treadle.args import TrainingArguments
+
+        mine = {k: convert(infos[k], v, where=where) for k, v in values.items() if k in infos}
+        for name, value in mine.items():
+            _check_choice(infos[name], value, where)
+        if cls is TrainingArguments:
+            core = {k: v for k, v in mine.items() if infos[k].plugin is None}
+            plugin = {k: v for k, v in mine.items() if infos[k].plugin is not None}
+            return build_training_arguments(cls, core, plugin)
+        try:
+            return cls(**mine)
+        except TypeError as exc:
+            raise UsageError(f"{cls.__name__}: {exc}") from None
+
+
+def _split_unknown(argv: list[str], reader: ArgvReader) -> tuple[list[str], list[str]]:
+    """Separate flags no dataclass declares (with their values) for ``return_remaining_strings``."""
+    known: list[str] = []
+    unknown: list[str] = []
+    current = known
+    for token in argv:
+        if token.startswith("--"):
+            name = token[2:].partition("=")[0].replace("-", "_")
+            try:
+                reader._lookup(name)
+                current = known
+            except UsageError:
+                current = unknown
+        current.append(token)
+    return known, unknown
