@@ -196,7 +196,9 @@ def _args(command: str, rest: list[str]) -> int:
         return 0
     from treadle.config import parse_arguments
 
-    parsed = parse_arguments(rest, extra_flags={"json": "bool", "changed": "bool"})
+    parsed = parse_arguments(rest, extra_flags={"json": "bool", "changed": "bool"}, check_selections=False)
+    for problem in parsed.unavailable:
+        print(f"treadle: warning: {problem}", file=sys.stderr)
     effective = parsed.args.to_dict()
     effective.update(effective.pop("plugin_options", {}) or {})
     rows = [

@@ -268,6 +268,7 @@ class ParsedArguments:
     sources: dict[str, str]
     explicit: frozenset[str]
     extras: dict[str, Any] = field(default_factory=dict)  # values of non-TrainingArguments flags
+    unavailable: list[str] = field(default_factory=list)  # selected components no plugin provides
 
 
 def _suggest(name: str, candidates: Iterable[str]) -> str:
@@ -326,9 +327,9 @@ class ArgvReader:
                 else:
                     pairs.append((name, True))
                 continue
-            if shape == "list":
+            if shape in {"list", "paths"}:
                 values = []
-                while i < len(argv) and not argv[i].startswith("--") and not _is_config(argv[i]):
+                while i < len(argv) and not argv[i].startswith("--") and (shape == "paths" or not _is_config(argv[i])):
                     values.append(argv[i])
                     i += 1
                 if not values:
@@ -371,11 +372,14 @@ def parse_arguments(
     *,
     extra_flags: Optional[dict[str, str]] = None,
     apply_task_defaults: bool = True,
+    check_selections: bool = True,
 ) -> ParsedArguments:
     """Parse a ``treadle train``-style command line into ``TrainingArguments`` with provenance.
 
     ``extra_flags`` names flags of the calling command that are not training arguments
-    (``{"json": "bool"}``); their values come back in ``ParsedArguments.extras``.
+    (``{"json": "bool"}``); their values come back in ``ParsedArguments.extras``. With
+    ``check_selections=False`` a selected component that no plugin provides is listed in
+    ``ParsedArguments.unavailable`` instead of being an error (``treadle args`` shows it).
     """
     from treadle.args import TrainingArguments
     from treadle.plugins import get_plugin_manager
@@ -384,7 +388,7 @@ def parse_arguments(
     core = core_fields()
     plugin = plugin_fields(pm)
     fields = {**core, **plugin}
-    flags = {"config": "list", **(extra_flags or {})}
+    flags = {"config": "paths", **(extra_flags or {})}
     pairs, positional = ArgvReader(fields, flags).read(argv)
 
     extras: dict[str, Any] = {}
@@ -435,14 +439,16 @@ def parse_arguments(
 
     for name, reason in getattr(args, "derived_fields", lambda: {})().items():
         if name not in explicit:
-            sources[name] = f"implied: {reason}"
+            sources[name] = reason if reason.startswith("implied") else f"implied: {reason}"
     messages = pm.adjust_and_validate(args, frozenset(explicit))
-    messages += selection_problems(args, pm)
+    unavailable = selection_problems(args, pm)
+    if check_selections:
+        messages += unavailable
     if messages:
         raise UsageError("invalid arguments:\n" + "\n".join(f"  - {m}" for m in messages))
     for name in fields:
         sources.setdefault(name, "default")
-    return ParsedArguments(args=args, sources=sources, explicit=frozenset(explicit), extras=extras)
+    return ParsedArguments(args=args, sources=sources, explicit=frozenset(explicit), extras=extras, unavailable=unavailable)
 
 
 def _apply_component_defaults(pm: Any, kind: str, name: Any, values: dict, sources: dict, fields: dict) -> None:
@@ -580,7 +586,7 @@ class TreadleArgumentParser:
         argv = list(sys.argv[1:] if args is None else args)
         owners = self._owner_fields()
         merged = {name: info for _, infos in owners for name, info in infos.items()}
-        reader = ArgvReader(merged, {"config": "list"})
+        reader = ArgvReader(merged, {"config": "paths"})
         remaining: list[str] = []
         if return_remaining_strings:
             argv, remaining = _split_unknown(argv, reader)
