@@ -1,0 +1,129 @@
+"""A damaged checkpoint is detected, named, and `true` falls back to the newest valid one."""
+
+from __future__ import annotations
+
+import logging
+import shutil
+
+import pytest
+import torch
+from checkpoint_standin import StandinTrainer
+
+from treadle.checkpoint import load_checkpoint, resolve_resume_checkpoint, save_checkpoint, verify_checkpoint
+from treadle.errors import CheckpointError
+
+
+@pytest.fixture
+def two_checkpoints(tmp_path):
+    trainer = StandinTrainer(tmp_path)
+    trainer.train_steps(2)
+    older = save_checkpoint(trainer, None)
+    trainer.train_steps(2)
+    newer = save_checkpoint(trainer, None)
+    return older, newer
+
+
+def _truncate(path):
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+
+
+def _flip_byte(path):
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0x01
+    path.write_bytes(bytes(data))
+
+
+DAMAGE = {
+    "truncated weights": ("model.safetensors", _truncate, r"model\.safetensors has \d+ bytes but the manifest says"),
+    "flipped byte in optimizer": ("optimizer.safetensors", _flip_byte, r"optimizer\.safetensors does not match its sha256"),
+    "flipped byte in state": ("trainer_state.json", _flip_byte, r"trainer_state\.json does not match its sha256"),
+    "deleted rng file": ("rng_state.safetensors", lambda p: p.unlink(), r"rng_state\.safetensors is missing"),
+    "missing manifest": ("manifest.json", lambda p: p.unlink(), r"manifest\.json is missing: .* not a complete"),
+    "garbled manifest": ("manifest.json", _truncate, r"manifest\.json is unreadable or damaged"),
+}
+
+
+@pytest.mark.parametrize("case", DAMAGE)
+def test_damage_is_named_and_true_falls_back(two_checkpoints, case, caplog):
+    older, newer = two_checkpoints
+    name, damage, message = DAMAGE[case]
+    damage(newer / name)
+
+    with pytest.raises(CheckpointError, match=message):
+        resolve_resume_checkpoint(str(newer), newer.parent)
+    with pytest.raises(CheckpointError, match=message):
+        load_checkpoint(StandinTrainer(newer.parent / "x"), newer)
+
+    with caplog.at_level(logging.WARNING, logger="treadle.checkpoint"):
+        chosen = resolve_resume_checkpoint("true", newer.parent)
+    assert chosen == older
+    assert "not resuming from checkpoint-4" in caplog.text and name in caplog.text
+    assert "resuming from" in caplog.text and "checkpoint-2" in caplog.text
+
+
+def test_damage_after_a_verified_load_is_still_caught(two_checkpoints):
+    _, newer = two_checkpoints
+    verify_checkpoint(newer)  # cache the good verdict
+    _flip_byte(newer / "model.safetensors")
+    with pytest.raises(CheckpointError, match="model.safetensors"):
+        verify_checkpoint(newer)
+
+
+def test_no_valid_checkpoint_lists_every_problem(two_checkpoints):
+    older, newer = two_checkpoints
+    (older / "manifest.json").unlink()
+    _truncate(newer / "model.safetensors")
+    with pytest.raises(CheckpointError) as info:
+        resolve_resume_checkpoint(True, older.parent)
+    text = str(info.value)
+    assert "no valid checkpoint" in text and "checkpoint-2" in text and "checkpoint-4" in text
+
+
+def test_true_without_any_checkpoint(tmp_path):
+    with pytest.raises(CheckpointError, match="there is no checkpoint-<step> directory"):
+        resolve_resume_checkpoint("TRUE", tmp_path)
+
+
+def test_missing_path_and_output_dir_given_as_path(two_checkpoints):
+    older, _ = two_checkpoints
+    with pytest.raises(CheckpointError, match="no such checkpoint directory"):
+        resolve_resume_checkpoint(str(older.parent / "checkpoint-99"), older.parent)
+    with pytest.raises(CheckpointError, match="pass one of them, or true"):
+        resolve_resume_checkpoint(str(older.parent), older.parent)
+
+
+def test_no_resume_values(tmp_path):
+    for value in (None, False, "", "false", "False"):
+        assert resolve_resume_checkpoint(value, tmp_path) is None
+
+
+def test_interrupted_save_leaves_nothing_that_resumes(two_checkpoints):
+    """A staging directory (what a crash mid-save leaves) is never taken for a checkpoint."""
+    older, newer = two_checkpoints
+    shutil.copytree(newer, older.parent / ".incomplete-checkpoint-6")
+    assert resolve_resume_checkpoint(True, older.parent) == newer
+    trainer = StandinTrainer(older.parent)
+    trainer.state.global_step = 8
+    save_checkpoint(trainer, None)
+    assert not (older.parent / ".incomplete-checkpoint-6").exists()  # the next save clears leftovers
+
+
+def test_a_file_missing_from_the_manifest_is_refused(two_checkpoints, caplog):
+    import json
+
+    _, newer = two_checkpoints
+    manifest = json.loads((newer / "manifest.json").read_text())
+    del manifest["files"]["scheduler.json"]
+    (newer / "manifest.json").write_text(json.dumps(manifest))
+    trainer = StandinTrainer(newer.parent / "x")
+    before = trainer.lr_scheduler.state_dict()
+    with caplog.at_level(logging.WARNING, logger="treadle.checkpoint"):
+        load_checkpoint(trainer, newer)  # the scheduler file is not part of the verified checkpoint: not read
+    assert trainer.lr_scheduler.state_dict()["last_epoch"] == before["last_epoch"]
+    assert "holds no scheduler state" in caplog.text
+    del manifest["files"]["model.safetensors"]
+    (newer / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(CheckpointError, match=r"model\.safetensors is not in the checkpoint's manifest"):
+        load_checkpoint(trainer, newer)
+    assert torch.is_tensor(trainer.model.hidden.weight)
