@@ -175,3 +175,18 @@ def test_python_parser_with_user_dataclass(pm, tmp_path):
     path.write_text("dropout: 0.25\nnum_train_epochs: 2\n")
     model_args, training_args = parser.parse_yaml_file(str(path))
     assert model_args.dropout == 0.25 and training_args.num_train_epochs == 2.0
+
+
+def test_optimizer_and_schedule_names_come_from_the_registries(pm):
+    with pytest.raises(UsageError, match="no installed plugin provides optimizer 'lion'"):
+        parse(["--optim", "lion"], pm)
+    with pytest.raises(UsageError, match="Did you mean 'cosine'"):
+        parse(["--lr_scheduler_type", "cosin"], pm)
+
+    class Plugin:
+        @hookimpl
+        def treadle_register_optimizers(self, register):
+            register("lion", "mypkg.optim:lion")
+
+    pm.register_module(Plugin(), "lionplug")
+    assert parse(["--optim", "lion"], pm).args.optim == "lion"

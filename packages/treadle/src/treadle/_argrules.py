@@ -34,7 +34,7 @@ from typing import Any, Union
 
 # --------------------------------------------------------------------------- name tables
 # Closed sets of values, taken from the seed documents. Open sets (optimizer names,
-# backends, precisions, strategies) can be extended by plugins: see extend_known_values().
+# backends, precisions, strategies) belong to the plugin registries, which check them.
 
 INTERVAL_STRATEGIES = ("no", "steps", "epoch")
 SAVE_STRATEGIES = ("no", "steps", "epoch", "best")
@@ -53,51 +53,6 @@ SCHEDULER_TYPES = (
     "cosine_warmup_with_min_lr",
     "warmup_stable_decay",
 )
-OPTIMIZER_NAMES = (
-    "adamw_torch",
-    "adamw_torch_fused",
-    "adamw_torch_xla",
-    "adamw_torch_npu_fused",
-    "adamw_apex_fused",
-    "adamw_hf",
-    "adafactor",
-    "adamw_anyprecision",
-    "adamw_torch_4bit",
-    "adamw_torch_8bit",
-    "ademamix",
-    "sgd",
-    "adagrad",
-    "rmsprop",
-    "adamw_bnb_8bit",
-    "adamw_8bit",
-    "ademamix_8bit",
-    "lion_8bit",
-    "lion_32bit",
-    "paged_adamw_32bit",
-    "paged_adamw_8bit",
-    "paged_ademamix_32bit",
-    "paged_ademamix_8bit",
-    "paged_lion_32bit",
-    "paged_lion_8bit",
-    "rmsprop_bnb",
-    "rmsprop_bnb_8bit",
-    "rmsprop_bnb_32bit",
-    "galore_adamw",
-    "galore_adamw_8bit",
-    "galore_adafactor",
-    "galore_adamw_layerwise",
-    "galore_adamw_8bit_layerwise",
-    "galore_adafactor_layerwise",
-    "apollo_adamw",
-    "apollo_adamw_layerwise",
-    "lomo",
-    "adalomo",
-    "grokadamw",
-    "schedule_free_radam",
-    "schedule_free_adamw",
-    "schedule_free_sgd",
-    "stable_adamw",
-)
 HALF_PRECISION_BACKENDS = ("auto", "cuda_amp", "apex", "cpu_amp")
 FP16_OPT_LEVELS = ("O0", "O1", "O2", "O3")
 DDP_BACKENDS = ("nccl", "mpi", "ccl", "gloo", "hccl")
@@ -108,24 +63,6 @@ METRIC_INPUTS = ("inputs", "loss")
 TOKENS_SEEN_MODES = ("all", "non_padding", "no")
 NAN_INF_POLICIES = ("warn", "skip_step", "halt")
 PARALLEL_MODES = ("not_parallel", "not_distributed", "distributed", "tpu")
-
-# Open sets: names the core knows about. The CLI shows them; plugins add more.
-KNOWN_VALUES: dict[str, set[str]] = {
-    "optim": set(OPTIMIZER_NAMES),
-    "backend": {"auto", "cpu", "cuda", "mps", "xla"},
-    "precision": {"fp32", "fp16", "bf16"},
-    "strategy": {"single", "ddp", "fsdp", "deepspeed"},
-}
-
-
-def extend_known_values(field_name: str, names) -> None:
-    """Let the plugin manager declare names its plugins provide (e.g. a new optimizer).
-
-    Only ``optim`` is validated against this table here; for the other open
-    fields the plugin manager is the authority and this only improves help text.
-    """
-    KNOWN_VALUES.setdefault(field_name, set()).update(str(n) for n in names)
-
 
 # Field names whose values must never be printed, logged or written to a config dump.
 _SECRET = re.compile(r"(_token$|^token$|secret|password|api_key)")
@@ -702,11 +639,11 @@ def best_model(args):
 
 @rule
 def optimizer(args):
+    # Which names exist is the optimizer registry's business (plugins add names), checked
+    # when the component is resolved; here only the shape of the value.
     name = args.optim
     if not isinstance(name, str) or not name:
         yield f"optim: must be an optimizer name, got {_fmt(name)}"
-    elif ":" not in name and name not in KNOWN_VALUES["optim"]:
-        yield f"optim: unknown optimizer {name!r}; use one of the known names (e.g. adamw_torch, sgd) or a 'module:attr' path"
 
 
 @rule

@@ -31,14 +31,14 @@ from dataclasses import dataclass, field
 from typing import Any, Optional, Union
 
 from . import _argrules as rules
-from ._argrules import extend_known_values, is_secret  # noqa: F401  (re-exported)
+from .errors import UsageError
+from ._argrules import is_secret  # noqa: F401  (re-exported)
 
 __all__ = [
     "TrainingArguments",
     "TrainingArgumentsError",
     "DEPRECATED_ALIASES",
     "GROUPS",
-    "extend_known_values",
     "is_secret",
 ]
 
@@ -67,7 +67,7 @@ GROUPS = (
 )  # fmt: skip
 
 
-class TrainingArgumentsError(ValueError):
+class TrainingArgumentsError(UsageError):
     """Every problem found in a set of arguments; ``str()`` gives one per line."""
 
     def __init__(self, messages: list[str]):
@@ -91,10 +91,6 @@ def _alias(new: str, how: str = "", **extra) -> Any:
     if extra.get("choices") is not None:
         metadata["choices"] = tuple(extra["choices"])
     return field(default=None, metadata=metadata)
-
-
-def _known(name: str) -> tuple:
-    return tuple(sorted(rules.KNOWN_VALUES[name]))
 
 
 @dataclass(repr=False)
@@ -161,7 +157,6 @@ class TrainingArguments:
         "adamw_torch",
         OPTIMIZER,
         "Optimizer name (e.g. adamw_torch, adamw_torch_fused, sgd, adafactor) or a 'module:attr' path.",
-        known_values=_known("optim"),
     )
     optim_args: Optional[str] = _f(None, OPTIMIZER, "Extra optimizer options as 'key=value,key=value'.")
     optim_target_modules: Optional[list[str]] = _f(
@@ -174,7 +169,7 @@ class TrainingArguments:
     adam_epsilon: float = _f(1e-8, OPTIMIZER, "Term added to the denominator of Adam-style optimizers for stability.")
 
     # ------------------------------------------------------------------ Learning-rate schedule
-    lr_scheduler_type: str = _f("linear", SCHEDULE, "Shape of the learning-rate schedule.", choices=rules.SCHEDULER_TYPES)
+    lr_scheduler_type: str = _f("linear", SCHEDULE, "Shape of the learning-rate schedule (plugins may add more).")
     lr_scheduler_kwargs: Union[dict, str, None] = _f(
         None, SCHEDULE, "Extra scheduler options, as a JSON object or the path of a JSON file."
     )
@@ -389,16 +384,15 @@ class TrainingArguments:
 
     # ------------------------------------------------------------------ Plugins (treadle's own)
     backend: str = _f(
-        "auto", PLUGINS, "Device backend plugin: auto picks the best installed one.", known_values=_known("backend")
+        "auto", PLUGINS, "Device backend plugin: auto picks the best installed one."
     )
     precision: Optional[str] = _f(
-        None, PLUGINS, "Precision plugin; unset means from fp16/bf16, else fp32.", known_values=_known("precision")
+        None, PLUGINS, "Precision plugin; unset means from fp16/bf16, else fp32."
     )
     strategy: Optional[str] = _f(
         None,
         PLUGINS,
         "Distribution strategy plugin; unset means from fsdp/deepspeed, else ddp under a multi-process launcher, else single.",
-        known_values=_known("strategy"),
     )
     task: str = _f("demo", PLUGINS, "Task to train: a registered task name or a 'module:function' path.")
     nan_inf_policy: str = _f(
