@@ -5,14 +5,14 @@ Layout (the seeds' ``output_dir/checkpoint-<global_step>/``)::
     model.safetensors            weights (tied tensors once)      } also what save_model writes
     config.json                  the model's config, if it has one }
     training_args.json           the arguments, tokens masked     }
-    trainer_state.json           TrainerState (step, epoch, best metric, log history, ...)
+    trainer_state.json           TrainerState (step, epoch, best metric, log history, and the
+                                 stateful callbacks for ``restore_callback_states_from_checkpoint``)
     optimizer.json/.safetensors  optimizer state dict: tensors in safetensors, the rest JSON
     scheduler.json               lr scheduler state dict
     precision.json               precision (loss scaler) state
     rng_state.json/.safetensors  python, numpy, torch CPU and device RNG states
                                  (``rng_state_<rank>.*`` per process when there are several)
     plugin_states.json           each plugin's ``treadle_checkpoint_state``, by plugin name
-    callback_states.json         stateful callbacks (``restore_callback_states_from_checkpoint``)
     manifest.json                size and sha256 of every file above; written last
 
 Nothing is pickled, and loading never unpickles.
@@ -63,6 +63,7 @@ _HASH_CHUNK = 1 << 20
 
 __all__ = [
     "CHECKPOINT_PREFIX",
+    "capture_rng_state",
     "list_checkpoints",
     "load_best_model",
     "load_checkpoint",
@@ -94,6 +95,7 @@ def save_checkpoint(trainer: Any, metrics: Optional[Mapping[str, float]] = None)
     if args.metric_for_best_model and state.best_global_step == state.global_step:
         state.best_model_checkpoint = str(final)
 
+    _record_callback_states(trainer)
     model_state = strategy.model_state_dict(trainer.model)
     training = None if args.save_only_model else _training_state(trainer)
     writer = _is_writer(args, strategy)
@@ -106,7 +108,7 @@ def save_checkpoint(trainer: Any, metrics: Optional[Mapping[str, float]] = None)
         staging.mkdir()
     strategy.barrier("treadle-checkpoint-staging")
     if training is not None and strategy.world_size > 1 and staging.is_dir():
-        save_state_files(staging, f"rng_state_{strategy.global_rank}", _rng_state(trainer), where="rng_state")
+        save_state_files(staging, f"rng_state_{strategy.global_rank}", capture_rng_state(trainer), where="rng_state")
     strategy.barrier("treadle-checkpoint-rng")
     if writer:
         write_model_files(staging, strategy.unwrap_model(trainer.model), model_state, args)
@@ -181,8 +183,7 @@ def _training_state(trainer: Any) -> dict[str, Any]:
         "scheduler": None if getattr(trainer, "lr_scheduler", None) is None else trainer.lr_scheduler.state_dict(),
         "precision": trainer.precision.state_dict() if getattr(trainer, "precision", None) is not None else {},
         "plugin_states": _plugin_states(trainer, hooks) if hooks is not None else {},
-        "callback_states": _callback_states(trainer),
-        "rng_state": _rng_state(trainer),
+        "rng_state": capture_rng_state(trainer),
     }
 
 
@@ -204,14 +205,27 @@ def _plugin_states(trainer: Any, hooks: Any) -> dict[str, Any]:
     return states
 
 
-def _callback_states(trainer: Any) -> list[dict[str, Any]]:
+def _record_callback_states(trainer: Any) -> None:
+    """Put each stateful callback's ``state()`` into ``state.stateful_callbacks`` by class name.
+
+    A class with several instances gets a list, in registration order.
+    """
     getter = getattr(trainer, "stateful_callbacks", None)
-    if getter is None:
-        return []
-    return [{"class": type(cb).__name__, "state": cb.state()} for cb in getter()]
+    if getter is None or not hasattr(trainer.state, "stateful_callbacks"):
+        return
+    states: dict[str, Any] = {}
+    for callback in getter():
+        name = type(callback).__name__
+        if name in states:
+            previous = states[name]
+            states[name] = (previous if isinstance(previous, list) else [previous]) + [callback.state()]
+        else:
+            states[name] = callback.state()
+    trainer.state.stateful_callbacks = states
 
 
-def _rng_state(trainer: Any) -> dict[str, Any]:
+def capture_rng_state(trainer: Any) -> dict[str, Any]:
+    """Every random generator a resume must restore: python, numpy, torch CPU, the device's."""
     import random
 
     import numpy as np
@@ -507,8 +521,8 @@ def load_checkpoint(trainer: Any, path: Union[str, os.PathLike]) -> None:
     if "plugin_states.json" in manifest["files"] and getattr(trainer, "run_hooks", None) is not None:
         states = load_state_files(directory, "plugin_states", need)
         trainer.run_hooks.call("treadle_load_checkpoint_state", trainer=trainer, states=states)
-    if getattr(trainer.args, "restore_callback_states_from_checkpoint", False) and "callback_states.json" in manifest["files"]:
-        _restore_callback_states(trainer, load_state_files(directory, "callback_states", need))
+    if getattr(trainer.args, "restore_callback_states_from_checkpoint", False):
+        _restore_callback_states(trainer)
     _restore_rng_state(trainer, load_state_files(directory, _rng_state_file(directory, manifest, strategy), need))
     logger.debug("loaded %s in %.3fs", directory, time.perf_counter() - started)
 
@@ -541,18 +555,22 @@ def _restore_trainer_state(trainer: Any, path: Path) -> None:
         trainer.state = loaded
 
 
-def _restore_callback_states(trainer: Any, saved: Iterable[Mapping[str, Any]]) -> None:
-    """Give each stateful callback the state saved for the callback of its class, in order."""
+def _restore_callback_states(trainer: Any) -> None:
+    """Give each stateful callback the state saved for its class (instances matched in order).
+
+    The callback object stays the one registered with the run; its attributes are replaced by
+    those of ``from_state(saved)``, so saved constructor arguments override the current ones.
+    """
     getter = getattr(trainer, "stateful_callbacks", None)
+    saved = getattr(trainer.state, "stateful_callbacks", None) or {}
     if getter is None:
         return
-    pending: dict[str, list[Mapping[str, Any]]] = {}
-    for entry in saved:
-        pending.setdefault(entry["class"], []).append(entry["state"])
+    pending = {name: list(value) if isinstance(value, list) else [value] for name, value in saved.items()}
     for callback in getter():
         queue = pending.get(type(callback).__name__)
         if queue:
-            callback.load_state(queue.pop(0))
+            restored = type(callback).from_state(queue.pop(0))
+            callback.__dict__.update(vars(restored))
 
 
 def _rng_state_file(directory: Path, manifest: Mapping[str, Any], strategy: Any) -> str:
