@@ -471,9 +471,7 @@ def build_training_arguments(cls: Any, core_values: dict[str, Any], plugin_value
         warnings.simplefilter("always", FutureWarning)
         try:
             args = cls(**core_values, plugin_options=plugin_values)
-        except UsageError:
-            raise
-        except ValueError as exc:
+        except ValueError as exc:  # TrainingArgumentsError carries every problem in .messages
             messages = getattr(exc, "messages", None) or [str(exc)]
             raise UsageError("invalid arguments:\n" + "\n".join(f"  - {m}" for m in messages)) from None
     for warning in caught:
