@@ -238,7 +238,7 @@ def _plugins(command: str, rest: list[str]) -> int:
         if record.error:
             print(f"    error: {record.error}")
         for kind, names in record.provides.items():
-            print(f"    {kind}: {', '.join(names)}")
+            print(textwrap.fill(", ".join(names), width=100, initial_indent=f"    {kind}: ", subsequent_indent=" " * 8))
         if record.arguments:
             print(f"    arguments: {', '.join('--' + a for a in record.arguments)}")
         other_hooks = [h for h in record.hooks if not h.startswith("treadle_register_")]
