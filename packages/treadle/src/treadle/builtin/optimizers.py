@@ -254,8 +254,8 @@ def _torchao(args: Any, model: Any, optim: str, *, attr: str) -> OptimizerChoice
     # torchao moved its low-bit optimizers out of the prototype namespace in 0.11.
     try:
         module = "torchao.optim" if importlib.util.find_spec("torchao.optim") else "torchao.prototype.low_bit_optim"
-    except ImportError:
-        module = "torchao.optim"  # torchao itself is missing: _library_class says so
+    except (ImportError, ValueError):
+        module = "torchao.optim"  # torchao itself is missing (or odd): _library_class says so
     cls = _library_class(optim, module, attr, "pip install torchao")
     options = OptimArgs(args.optim_args, optim)
     kwargs = {
@@ -336,29 +336,28 @@ rmsprop_bnb_32bit = _factory(_bitsandbytes, "rmsprop_bnb_32bit")
 def target_linear_weights(model: torch.nn.Module, targets: Any, optim: str) -> list[str]:
     """Names of the ``nn.Linear`` weights that ``optim_target_modules`` selects.
 
-    ``targets`` is ``"all-linear"``, one regular expression matched against whole module names,
-    or a list whose items match a module name exactly, as a substring, or as a regular expression.
+    ``targets`` is a name or a list of them; each matches a module name exactly, as a substring,
+    or as a regular expression over the whole name. ``all-linear`` selects every linear layer.
     """
-    if targets is None:
+    if not targets:
         raise UsageError(
             f"--optim {optim} projects chosen linear layers: set --optim_target_modules "
             f"(module names, regular expressions, or all-linear)."
         )
-    if isinstance(targets, str):
-        targets = targets.strip()
-    all_linear = isinstance(targets, str) and targets.replace("_", "-") == "all-linear"
+    patterns = [targets] if isinstance(targets, str) else [str(t) for t in targets]
+    all_linear = any(p.strip().replace("_", "-") == "all-linear" for p in patterns)
 
     def selected(name: str) -> bool:
-        if all_linear:
-            return True
-        if isinstance(targets, str):
-            return re.fullmatch(targets, name) is not None
-        return any(t == name or t in name or re.fullmatch(t, name) for t in targets)
+        return all_linear or any(p == name or p in name or re.fullmatch(p, name) for p in patterns)
 
-    names = [f"{name}.weight" for name, module in model.named_modules() if isinstance(module, torch.nn.Linear) and selected(name)]
+    names = [
+        f"{name}.weight" if name else "weight"
+        for name, module in model.named_modules()
+        if isinstance(module, torch.nn.Linear) and selected(name)
+    ]
     if not names:
         raise UsageError(
-            f"--optim_target_modules {targets!r} selects no nn.Linear layer of the model, "
+            f"--optim_target_modules {', '.join(patterns)} selects no nn.Linear layer of the model, "
             f"so --optim {optim} has nothing to project."
         )
     return names
