@@ -1,0 +1,462 @@
+"""Dataloaders whose order is a pure function of (seed, epoch), and the collators the Trainer uses.
+
+Exact resume needs two things from the data side:
+
+* the order of the samples in epoch ``e`` depends only on ``(seed, e)``: the samplers here draw
+  their permutation from their own ``torch.Generator`` seeded with ``seed + e``, never from the
+  global RNG (which belongs to the model: dropout, and is saved in checkpoints);
+* an epoch can start at micro-batch ``k`` without loading batches ``0..k-1``: the sampler simply
+  starts its index list at ``k * batch_size``. Samplers run in the main process, so this holds
+  with ``dataloader_num_workers > 0`` too.
+
+``TreadleDataLoader.set_epoch(epoch, skip_batches)`` does both, and re-seeds the loader's own
+generator so that the worker seeds are deterministic and iterating never touches the global RNG.
+"""
+
+from __future__ import annotations
+
+import inspect
+import itertools
+import math
+import random
+from typing import Any, Callable, Iterator, Mapping, Optional, Sequence
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset, IterableDataset, Sampler
+
+from treadle.errors import UsageError
+
+# ---------------------------------------------------------------------------------------------
+# Samplers
+# ---------------------------------------------------------------------------------------------
+
+
+class EpochSampler(Sampler[int]):
+    """Base of the resumable samplers: a per-epoch index list, sharded, with a start offset.
+
+    Subclasses implement ``_order(generator)``. With ``num_replicas > 1`` the list is padded (by
+    repeating its head) to a multiple of ``num_replicas`` and process ``rank`` takes every
+    ``num_replicas``-th index, so every process sees the same number of samples.
+    """
+
+    def __init__(self, num_samples: int, seed: int = 0, num_replicas: int = 1, rank: int = 0) -> None:
+        self.num_samples = num_samples
+        self.seed = seed
+        self.num_replicas = num_replicas
+        self.rank = rank
+        self.epoch = 0
+        self.start = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        """Select the epoch whose order to produce; resets the start offset."""
+        self.epoch = epoch
+        self.start = 0
+
+    def skip(self, num_indices: int) -> None:
+        """Start this epoch ``num_indices`` into its index list (no data is loaded for them)."""
+        self.start = num_indices
+
+    def _order(self, generator: torch.Generator) -> list[int]:
+        raise NotImplementedError
+
+    def epoch_indices(self) -> list[int]:
+        """This process's full index list for the current epoch."""
+        generator = torch.Generator()
+        generator.manual_seed(self.seed + self.epoch)
+        order = self._order(generator)
+        if self.num_replicas > 1:
+            total = math.ceil(len(order) / self.num_replicas) * self.num_replicas
+            order = (order * math.ceil(total / max(len(order), 1)))[:total]
+            order = order[self.rank :: self.num_replicas]
+        return order
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(self.epoch_indices()[self.start :])
+
+    def __len__(self) -> int:
+        per_replica = math.ceil(self.num_samples / self.num_replicas)
+        return max(per_replica - self.start, 0)
+
+
+class RandomEpochSampler(EpochSampler):
+    """A random permutation per epoch, drawn from ``seed + epoch``."""
+
+    def _order(self, generator: torch.Generator) -> list[int]:
+        return torch.randperm(self.num_samples, generator=generator).tolist()
+
+
+class SequentialEpochSampler(EpochSampler):
+    """``0, 1, 2, ...`` every epoch (used when shuffling is off)."""
+
+    def _order(self, generator: torch.Generator) -> list[int]:
+        return list(range(self.num_samples))
+
+
+class LengthGroupedSampler(EpochSampler):
+    """Random order, but samples of similar length end up in the same batch (less padding).
+
+    The permutation is cut into mega-batches of ``mega_batch_mult * batch_size`` samples; each is
+    sorted by length, longest first; the mega-batch holding the longest sample of all goes first,
+    so an out-of-memory error shows up on the first step rather than late in the epoch.
+    """
+
+    def __init__(
+        self,
+        lengths: Sequence[int],
+        batch_size: int,
+        seed: int = 0,
+        num_replicas: int = 1,
+        rank: int = 0,
+        mega_batch_mult: int = 50,
+    ) -> None:
+        super().__init__(len(lengths), seed, num_replicas, rank)
+        self.lengths = list(lengths)
+        self.batch_size = batch_size
+        self.mega_batch_mult = mega_batch_mult
+
+    def _order(self, generator: torch.Generator) -> list[int]:
+        permutation = torch.randperm(self.num_samples, generator=generator).tolist()
+        size = max(self.batch_size * self.mega_batch_mult, 1)
+        megas = [permutation[i : i + size] for i in range(0, len(permutation), size)]
+        megas = [sorted(m, key=lambda i: self.lengths[i], reverse=True) for m in megas]
+        if megas:
+            longest = max(range(len(megas)), key=lambda j: self.lengths[megas[j][0]])
+            megas[0], megas[longest] = megas[longest], megas[0]
+        return [i for m in megas for i in m]
+
+
+class EvalBatchSampler(Sampler[list[int]]):
+    """Evaluation batches in dataset order, dealt round-robin over processes.
+
+    Process ``r`` takes batches ``r, r + W, r + 2W, ...``, so gathering step by step yields the
+    batches in dataset order. The last round is padded with batches from the start;
+    ``num_samples`` tells the evaluation loop where to truncate.
+    """
+
+    def __init__(self, num_samples: int, batch_size: int, drop_last: bool = False, num_replicas: int = 1, rank: int = 0) -> None:
+        self.num_samples = num_samples
+        self.batch_size = batch_size
+        self.drop_last = drop_last
+        self.num_replicas = num_replicas
+        self.rank = rank
+
+    def _batches(self) -> list[list[int]]:
+        indices = list(range(self.num_samples))
+        batches = [indices[i : i + self.batch_size] for i in range(0, len(indices), self.batch_size)]
+        if self.drop_last and batches and len(batches[-1]) < self.batch_size:
+            batches.pop()
+        if self.num_replicas > 1 and batches:
+            rounds = math.ceil(len(batches) / self.num_replicas)
+            batches = (batches * self.num_replicas)[: rounds * self.num_replicas]
+            batches = batches[self.rank :: self.num_replicas]
+        return batches
+
+    def __iter__(self) -> Iterator[list[int]]:
+        return iter(self._batches())
+
+    def __len__(self) -> int:
+        return len(self._batches())
+
+
+# ---------------------------------------------------------------------------------------------
+# The dataloader
+# ---------------------------------------------------------------------------------------------
+
+
+def seed_worker(worker_id: int) -> None:
+    """Seed numpy in a worker from the seed torch gave it (torch already seeds ``random``)."""
+    seed = torch.initial_seed() % 2**32
+    np.random.seed(seed)
+    random.seed(seed)
+
+
+class TreadleDataLoader(DataLoader):
+    """A DataLoader that can be positioned at (epoch, batch) without replaying batches."""
+
+    def __init__(self, *args: Any, seed: int = 0, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.seed = seed
+
+    def set_epoch(self, epoch: int, skip_batches: int = 0) -> None:
+        """Prepare the next ``iter(self)`` to produce epoch ``epoch`` from batch ``skip_batches``."""
+        if self.generator is not None:
+            self.generator.manual_seed(self.seed + epoch)
+        sampler = self.sampler
+        if hasattr(sampler, "set_epoch"):
+            sampler.set_epoch(epoch)
+        if hasattr(self.dataset, "set_epoch"):
+            self.dataset.set_epoch(epoch)
+        self._pending_skip = 0
+        if skip_batches:
+            if isinstance(sampler, EpochSampler) and self.batch_size is not None:
+                sampler.skip(skip_batches * self.batch_size)
+            else:
+                self._pending_skip = skip_batches
+
+    def __iter__(self) -> Iterator[Any]:
+        iterator = super().__iter__()
+        skip = getattr(self, "_pending_skip", 0)
+        if skip:
+            # No index list to cut (an IterableDataset): the skipped batches must be read.
+            self._pending_skip = 0
+            return itertools.islice(iterator, skip, None)
+        return iterator
+
+
+def epoch_iterator(dataloader: Any, epoch: int, skip_batches: int = 0) -> Iterator[Any]:
+    """Iterate ``dataloader`` for ``epoch``, starting at batch ``skip_batches``.
+
+    Works for any DataLoader (e.g. one from an overridden ``get_train_dataloader``): samplers
+    and datasets with ``set_epoch`` get the epoch, and without a resumable sampler the skipped
+    batches are read and dropped.
+    """
+    if isinstance(dataloader, TreadleDataLoader):
+        dataloader.set_epoch(epoch, skip_batches)
+        return iter(dataloader)
+    for owner in (getattr(dataloader, "sampler", None), getattr(dataloader, "dataset", None)):
+        if hasattr(owner, "set_epoch"):
+            owner.set_epoch(epoch)
+    iterator = iter(dataloader)
+    return itertools.islice(iterator, skip_batches, None) if skip_batches else iterator
+
+
+def build_dataloader(
+    dataset: Any,
+    *,
+    batch_size: int,
+    collate_fn: Callable[[list[Any]], Any],
+    args: Any,
+    seed: int,
+    sampler: Optional[Sampler] = None,
+    batch_sampler: Optional[Sampler] = None,
+    pin_memory: bool = False,
+    drop_last: Optional[bool] = None,
+) -> TreadleDataLoader:
+    """A ``TreadleDataLoader`` configured by the ``dataloader_*`` arguments."""
+    workers = args.dataloader_num_workers
+    kwargs: dict[str, Any] = {
+        "collate_fn": collate_fn,
+        "num_workers": workers,
+        "pin_memory": pin_memory,
+        "generator": torch.Generator().manual_seed(seed),
+    }
+    if workers > 0:
+        kwargs["worker_init_fn"] = seed_worker
+        kwargs["persistent_workers"] = bool(args.dataloader_persistent_workers)
+        if args.dataloader_prefetch_factor is not None:
+            kwargs["prefetch_factor"] = args.dataloader_prefetch_factor
+    if batch_sampler is not None:
+        return TreadleDataLoader(dataset, batch_sampler=batch_sampler, seed=seed, **kwargs)
+    if isinstance(dataset, IterableDataset):
+        sampler = None
+    drop = args.dataloader_drop_last if drop_last is None else drop_last
+    return TreadleDataLoader(dataset, batch_size=batch_size, sampler=sampler, drop_last=drop, seed=seed, **kwargs)
+
+
+def has_length(dataset: Any) -> bool:
+    try:
+        return len(dataset) is not None
+    except (TypeError, NotImplementedError):
+        return False
+
+
+def sample_lengths(dataset: Any, length_column_name: str, main_input_name: str) -> list[int]:
+    """Per-sample lengths for ``group_by_length``: the length column if present, else the input's length."""
+    column_names = getattr(dataset, "column_names", None)
+    if column_names is not None and length_column_name in column_names:
+        return [int(v) for v in dataset[length_column_name]]
+    lengths = []
+    for i in range(len(dataset)):
+        item = dataset[i]
+        if isinstance(item, Mapping):
+            if length_column_name in item:
+                lengths.append(int(item[length_column_name]))
+                continue
+            value = item.get(main_input_name)
+            if value is None:
+                raise UsageError(
+                    f"group_by_length: sample {i} has neither a {length_column_name!r} value nor "
+                    f"{main_input_name!r}; add a length column or set --length_column_name"
+                )
+        elif isinstance(item, (tuple, list)):
+            value = item[0]
+        else:
+            value = item
+        lengths.append(len(value))
+    return lengths
+
+
+# ---------------------------------------------------------------------------------------------
+# Collators
+# ---------------------------------------------------------------------------------------------
+
+_LABEL_ALIASES = {"label": "labels", "label_ids": "labels"}
+
+
+def _stack(values: list[Any]) -> Any:
+    first = values[0]
+    if isinstance(first, torch.Tensor):
+        return torch.stack(values)
+    if isinstance(first, np.ndarray):
+        return torch.from_numpy(np.stack(values))
+    if isinstance(first, bool) or isinstance(first, int):
+        return torch.tensor(values, dtype=torch.long)
+    if isinstance(first, float):
+        return torch.tensor(values, dtype=torch.float32)
+    if isinstance(first, (list, tuple)) and first and isinstance(first[0], (int, float)):
+        try:
+            return torch.tensor(values)
+        except ValueError as exc:
+            raise UsageError(
+                "the samples hold sequences of different lengths, which cannot be stacked into one "
+                "tensor; pass data_collator=treadle.data.DataCollatorWithPadding() to pad them"
+            ) from exc
+    return values  # strings and other objects stay a list
+
+
+def default_data_collator(features: list[Any]) -> Any:
+    """Stack a list of samples into a batch.
+
+    Dicts become a dict of tensors (``label`` / ``label_ids`` are renamed ``labels``), tuples
+    (e.g. from a ``TensorDataset``) a tuple of tensors, tensors a stacked tensor.
+    """
+    first = features[0]
+    if isinstance(first, Mapping):
+        batch = {}
+        for key in first:
+            if first[key] is None:
+                continue
+            batch[_LABEL_ALIASES.get(key, key)] = _stack([f[key] for f in features])
+        return batch
+    if isinstance(first, (tuple, list)) and not isinstance(first[0], (int, float)):
+        columns = [_stack([f[i] for f in features]) for i in range(len(first))]
+        return tuple(columns) if isinstance(first, tuple) else columns
+    return _stack(list(features))
+
+
+class DataCollatorWithPadding:
+    """Pad variable-length sequence fields of dict samples to the longest in the batch.
+
+    ``labels`` are padded with ``label_pad_token_id`` (ignored by the loss), ``attention_mask``
+    with 0, every other sequence with ``pad_token_id``. An ``attention_mask`` is added when the
+    samples have none. Fixed-size fields are stacked as by ``default_data_collator``.
+    """
+
+    def __init__(self, pad_token_id: int = 0, label_pad_token_id: int = -100, pad_to_multiple_of: Optional[int] = None) -> None:
+        self.pad_token_id = pad_token_id
+        self.label_pad_token_id = label_pad_token_id
+        self.pad_to_multiple_of = pad_to_multiple_of
+
+    def __call__(self, features: list[Mapping[str, Any]]) -> dict[str, Any]:
+        renamed = [{_LABEL_ALIASES.get(k, k): v for k, v in f.items() if v is not None} for f in features]
+        batch: dict[str, Any] = {}
+        for key in renamed[0]:
+            values = [f[key] for f in renamed]
+            if isinstance(values[0], (list, tuple, torch.Tensor, np.ndarray)) and _is_sequence(values[0]):
+                batch[key] = self._pad(key, values)
+            else:
+                batch[key] = _stack(values)
+        if "attention_mask" not in batch and "input_ids" in batch and "input_ids" in renamed[0]:
+            lengths = torch.tensor([len(f["input_ids"]) for f in renamed])
+            width = batch["input_ids"].shape[1]
+            batch["attention_mask"] = (torch.arange(width)[None, :] < lengths[:, None]).long()
+        return batch
+
+    def _pad(self, key: str, values: list[Any]) -> torch.Tensor:
+        tensors = [torch.as_tensor(v) for v in values]
+        width = max(t.shape[0] for t in tensors)
+        if self.pad_to_multiple_of:
+            width = math.ceil(width / self.pad_to_multiple_of) * self.pad_to_multiple_of
+        pad = self.label_pad_token_id if key == "labels" else 0 if key == "attention_mask" else self.pad_token_id
+        out = torch.full((len(tensors), width, *tensors[0].shape[1:]), pad, dtype=tensors[0].dtype)
+        for row, t in enumerate(tensors):
+            out[row, : t.shape[0]] = t
+        return out
+
+
+def _is_sequence(value: Any) -> bool:
+    if isinstance(value, (torch.Tensor, np.ndarray)):
+        return value.ndim >= 1
+    return True
+
+
+class RemoveColumnsCollator:
+    """Drop the keys of dict samples that the model's ``forward`` does not accept, then collate."""
+
+    def __init__(self, collator: Callable[[list[Any]], Any], keep: set[str], description: str = "") -> None:
+        self.collator = collator
+        self.keep = keep
+        self.description = description
+        self._checked = False
+
+    def __call__(self, features: list[Any]) -> Any:
+        if features and isinstance(features[0], Mapping):
+            if not self._checked:
+                self._check(features[0])
+            features = [{k: v for k, v in f.items() if k in self.keep} for f in features]
+        return self.collator(features)
+
+    def _check(self, sample: Mapping[str, Any]) -> None:
+        self._checked = True
+        if not any(k in self.keep for k in sample):
+            raise UsageError(
+                f"remove_unused_columns: none of the {self.description} keys ({', '.join(sample)}) is an "
+                f"argument of the model's forward ({', '.join(sorted(self.keep))}); rename the "
+                "columns, or pass --remove_unused_columns false"
+            )
+
+
+def forward_parameters(model: Any) -> tuple[list[str], bool]:
+    """The named parameters of ``model.forward`` and whether it also takes ``**kwargs``."""
+    forward = getattr(model, "forward", model)
+    try:
+        params = inspect.signature(forward).parameters.values()
+    except (TypeError, ValueError):
+        return [], True
+    names = [p.name for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
+    var_kw = any(p.kind is p.VAR_KEYWORD for p in params)
+    return names, var_kw
+
+
+def remove_unused_columns(dataset: Any, collator: Callable, model: Any, label_names: Sequence[str], description: str) -> tuple[Any, Callable]:
+    """Apply ``remove_unused_columns``: drop dataset columns / sample keys the model cannot take.
+
+    A ``datasets.Dataset`` loses the columns; for any other dataset of dicts the collator drops
+    the keys. A forward with ``**kwargs`` accepts anything, so nothing is removed.
+    """
+    names, var_kw = forward_parameters(model)
+    if var_kw:
+        return dataset, collator
+    keep = set(names) | set(label_names) | set(_LABEL_ALIASES)
+    column_names = getattr(dataset, "column_names", None)
+    if column_names is not None and hasattr(dataset, "remove_columns"):
+        unused = [c for c in column_names if c not in keep]
+        if unused and len(unused) == len(column_names):
+            raise UsageError(
+                f"remove_unused_columns: no column of the {description} dataset ({', '.join(column_names)}) "
+                f"is an argument of the model's forward; pass --remove_unused_columns false or rename them"
+            )
+        return (dataset.remove_columns(unused) if unused else dataset), collator
+    return dataset, RemoveColumnsCollator(collator, keep, description)
+
+
+__all__ = [
+    "EpochSampler",
+    "RandomEpochSampler",
+    "SequentialEpochSampler",
+    "LengthGroupedSampler",
+    "EvalBatchSampler",
+    "TreadleDataLoader",
+    "epoch_iterator",
+    "build_dataloader",
+    "default_data_collator",
+    "DataCollatorWithPadding",
+    "RemoveColumnsCollator",
+    "remove_unused_columns",
+    "forward_parameters",
+    "has_length",
+    "sample_lengths",
+    "seed_worker",
+    "Dataset",
+]

@@ -1,0 +1,153 @@
+"""What evaluation and prediction return, and how per-batch outputs are gathered into arrays.
+
+Predictions stay on the device while an evaluation runs and move to the host as numpy arrays at
+the end, or every ``eval_accumulation_steps`` batches to bound device memory. Batches whose
+sequence length differs are padded on the right with -100 before they are concatenated.
+"""
+
+from __future__ import annotations
+
+from typing import Any, NamedTuple, Optional
+
+import numpy as np
+import torch
+
+PAD_INDEX = -100
+
+
+class EvalPrediction:
+    """What ``compute_metrics`` receives: ``predictions``, ``label_ids`` and, on request, ``inputs`` / ``losses``.
+
+    Unpacks like a tuple: ``predictions, labels = eval_pred`` (plus inputs and losses when
+    ``include_for_metrics`` asked for them).
+    """
+
+    def __init__(self, predictions: Any, label_ids: Any, inputs: Any = None, losses: Any = None) -> None:
+        self.predictions = predictions
+        self.label_ids = label_ids
+        self.inputs = inputs
+        self.losses = losses
+        self.elements = (predictions, label_ids) + tuple(x for x in (inputs, losses) if x is not None)
+
+    def __iter__(self):
+        return iter(self.elements)
+
+    def __getitem__(self, index: int) -> Any:
+        return self.elements[index]
+
+    def __len__(self) -> int:
+        return len(self.elements)
+
+
+class EvalLoopOutput(NamedTuple):
+    predictions: Any
+    label_ids: Any
+    metrics: Optional[dict[str, float]]
+    num_samples: Optional[int]
+
+
+class PredictionOutput(NamedTuple):
+    predictions: Any
+    label_ids: Any
+    metrics: Optional[dict[str, float]]
+
+
+class TrainOutput(NamedTuple):
+    global_step: int
+    training_loss: float
+    metrics: dict[str, float]
+
+
+# ---------------------------------------------------------------------------------------------
+# Nested tensors (a model may return tuples or dicts of logits)
+# ---------------------------------------------------------------------------------------------
+
+
+def nested_map(fn: Any, obj: Any) -> Any:
+    if isinstance(obj, (tuple, list)):
+        return type(obj)(nested_map(fn, o) for o in obj)
+    if isinstance(obj, dict):
+        return {k: nested_map(fn, v) for k, v in obj.items()}
+    return None if obj is None else fn(obj)
+
+
+def _at_least_1d(x: Any) -> Any:
+    return x.reshape(1) if x.ndim == 0 else x
+
+
+def pad_and_concat(parts: list[Any], pad_index: int = PAD_INDEX) -> Any:
+    """Concatenate along the first axis; a differing second axis is padded with ``pad_index``."""
+    first = parts[0]
+    if isinstance(first, (tuple, list)):
+        return type(first)(pad_and_concat([p[i] for p in parts], pad_index) for i in range(len(first)))
+    if isinstance(first, dict):
+        return {k: pad_and_concat([p[k] for p in parts], pad_index) for k in first}
+    parts = [_at_least_1d(p) for p in parts]
+    is_torch = isinstance(first, torch.Tensor)
+    if len({tuple(p.shape[1:]) for p in parts}) == 1:
+        return torch.cat(parts) if is_torch else np.concatenate(parts)
+    width = max(p.shape[1] for p in parts)
+    rows = sum(p.shape[0] for p in parts)
+    shape = (rows, width, *parts[0].shape[2:])
+    out = torch.full(shape, pad_index, dtype=first.dtype, device=first.device) if is_torch else np.full(shape, pad_index, dtype=first.dtype)
+    row = 0
+    for p in parts:
+        out[row : row + p.shape[0], : p.shape[1]] = p
+        row += p.shape[0]
+    return out
+
+
+def to_numpy(obj: Any) -> Any:
+    def convert(t: Any) -> Any:
+        if isinstance(t, torch.Tensor):
+            t = t.detach().cpu()
+            if t.dtype == torch.bfloat16:
+                t = t.float()
+            return t.numpy()
+        return np.asarray(t)
+
+    return nested_map(convert, obj)
+
+
+def truncate(obj: Any, num_samples: int) -> Any:
+    """Drop the samples a distributed sampler repeated to fill its last round."""
+    return nested_map(lambda a: a[:num_samples], obj)
+
+
+class Accumulator:
+    """Gathers per-batch outputs; moves them to the host every ``offload_every`` batches.
+
+    With ``concat=False`` (``eval_do_concat_batches false``) the result is a list with one
+    array (or nested structure) per batch.
+    """
+
+    def __init__(self, offload_every: Optional[int] = None, concat: bool = True, pad_index: int = PAD_INDEX) -> None:
+        self.offload_every = offload_every
+        self.concat = concat
+        self.pad_index = pad_index
+        self.on_device: list[Any] = []
+        self.on_host: list[Any] = []
+
+    def add(self, value: Any) -> None:
+        if value is None:
+            return
+        self.on_device.append(value)
+        if self.offload_every and len(self.on_device) >= self.offload_every:
+            self.offload()
+
+    def offload(self) -> None:
+        if not self.on_device:
+            return
+        if self.concat:
+            self.on_host.append(to_numpy(pad_and_concat(self.on_device, self.pad_index)))
+        else:
+            self.on_host.extend(to_numpy(v) for v in self.on_device)
+        self.on_device = []
+
+    def result(self) -> Any:
+        self.offload()
+        if not self.on_host:
+            return None
+        if not self.concat:
+            return self.on_host
+        return pad_and_concat(self.on_host, self.pad_index) if len(self.on_host) > 1 else self.on_host[0]

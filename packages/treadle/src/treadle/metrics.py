@@ -1,0 +1,124 @@
+"""Training-side measurements: the loss of the logging window, speeds, and metric formatting.
+
+The loss of every micro-batch stays a device tensor until something is logged, so a training
+step never waits for the device (no ``.item()`` per step). Non-finite losses are counted when
+the window is read, and always reported, whatever ``logging_nan_inf_filter`` does to the mean.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Any, Optional
+
+import torch
+
+_COMPACT_AT = 1024
+
+
+@dataclass
+class WindowReading:
+    """The loss of one logging window."""
+
+    loss: float
+    """Mean loss per optimizer step (non-finite micro-batches left out when filtering)."""
+    non_finite: int
+    """Micro-batches whose loss was NaN or Inf."""
+    steps: int
+
+
+class LossWindow:
+    """Micro-batch losses since the last log, and the run's running total for ``train_loss``.
+
+    Each micro-batch loss is already weighted so that the losses of one optimizer step add up
+    to that step's loss. A long window (``logging_strategy no``) is folded into three device
+    scalars every ``_COMPACT_AT`` entries, so memory stays flat.
+    """
+
+    def __init__(self, filter_non_finite: bool) -> None:
+        self.filter_non_finite = filter_non_finite
+        self.pending: list[torch.Tensor] = []
+        self._folded: Optional[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = None
+        self._count = 0
+        self.total_loss = 0.0
+        self.total_steps = 0
+
+    def add(self, loss: torch.Tensor) -> None:
+        self.pending.append(loss)
+        if len(self.pending) >= _COMPACT_AT:
+            self._fold()
+
+    def _fold(self) -> None:
+        losses = torch.stack(self.pending).float()
+        self._count += len(self.pending)
+        self.pending = []
+        finite = torch.isfinite(losses)
+        folded = (torch.where(finite, losses, 0.0).sum(), finite.sum(), losses.sum())
+        if self._folded is not None:
+            folded = tuple(a + b for a, b in zip(self._folded, folded))
+        self._folded = folded  # type: ignore[assignment]
+
+    def has_data(self) -> bool:
+        return bool(self.pending) or self._folded is not None
+
+    def read(self, steps: int) -> WindowReading:
+        """Summarise and clear the window covering ``steps`` optimizer steps (one host sync)."""
+        if self.pending:
+            self._fold()
+        if self._folded is None or steps <= 0:
+            return WindowReading(float("nan"), 0, steps)
+        finite_sum, finite_count, raw_sum = (v.item() for v in self._folded)
+        count, self._count, self._folded = self._count, 0, None
+        if self.filter_non_finite and finite_count > 0:
+            loss = finite_sum * (count / finite_count) / steps
+        else:
+            loss = raw_sum / steps
+        self.total_loss += loss * steps
+        self.total_steps += steps
+        return WindowReading(loss, count - int(finite_count), steps)
+
+    def mean_train_loss(self) -> float:
+        return self.total_loss / self.total_steps if self.total_steps else float("nan")
+
+
+def speed_metrics(
+    split: str, start_time: float, num_samples: Optional[int] = None, num_steps: Optional[int] = None, num_tokens: Optional[int] = None
+) -> dict[str, float]:
+    """``<split>_runtime`` and the per-second rates the seeds name."""
+    runtime = time.perf_counter() - start_time
+    result = {f"{split}_runtime": round(runtime, 4)}
+    if runtime <= 0:
+        return result
+    if num_samples is not None:
+        result[f"{split}_samples_per_second"] = round(num_samples / runtime, 3)
+    if num_steps is not None:
+        result[f"{split}_steps_per_second"] = round(num_steps / runtime, 3)
+    if num_tokens is not None:
+        result[f"{split}_tokens_per_second"] = round(num_tokens / runtime, 3)
+    return result
+
+
+def to_python_number(value: Any) -> Any:
+    """Metric values as plain Python numbers (numpy and 0-dim tensors included)."""
+    if isinstance(value, torch.Tensor) and value.numel() == 1:
+        return value.item()
+    if hasattr(value, "item") and getattr(value, "ndim", None) == 0:
+        return value.item()
+    return value
+
+
+def metrics_format(metrics: dict[str, Any]) -> dict[str, str]:
+    """Metrics for people: runtimes as h:mm:ss.ss, FLOs in GF, floats to 4 decimals."""
+    formatted = {}
+    for key, value in metrics.items():
+        if key.endswith("_runtime") and isinstance(value, (int, float)):
+            hours, rest = divmod(value, 3600)
+            minutes, seconds = divmod(rest, 60)
+            formatted[key] = f"{int(hours)}:{int(minutes):02d}:{seconds:05.2f}"
+        elif key == "total_flos" and isinstance(value, (int, float)):
+            formatted[key] = f"{value / 1e9:.0f}GF"
+        elif isinstance(value, float):
+            formatted[key] = f"{value:.4g}" if abs(value) >= 1e4 or (value != 0 and abs(value) < 1e-3) else f"{round(value, 4)}"
+        else:
+            formatted[key] = str(value)
+    return formatted

@@ -1,0 +1,111 @@
+"""Choosing a run's components from the arguments, through the plugin registries.
+
+The backend, precision and strategy named by ``--backend`` / ``--precision`` / ``--strategy``
+are resolved like any plugin's (the builtins included), checked against each other's declared
+``compat`` data, and instantiated with their registered ``init`` presets. Reporters named by
+``--report_to`` join the always-present console reporter.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from treadle.components import Backend, Precision, Strategy
+from treadle.errors import UsageError
+from treadle.flow import option_value
+from treadle.plugins import ComponentSpec, TreadlePluginManager, get_plugin_manager
+
+CONSOLE_REPORTER = "console"
+
+
+@dataclass
+class RunComponents:
+    backend: Backend
+    precision: Precision
+    strategy: Strategy
+    specs: dict[str, ComponentSpec]
+
+
+def resolve_component_specs(args: Any, pm: TreadlePluginManager) -> dict[str, ComponentSpec]:
+    backend = option_value(args.backend) or "auto"
+    if backend == "auto":
+        backend = pm.select_default("backend", args)
+    return {
+        "backend": pm.resolve("backend", backend, args),
+        "precision": pm.resolve("precision", option_value(args.precision), args),
+        "strategy": pm.resolve("strategy", option_value(args.strategy), args),
+    }
+
+
+def _names(spec: ComponentSpec) -> set[str]:
+    return {spec.name, *spec.aliases}
+
+
+def compatibility_problems(specs: dict[str, ComponentSpec]) -> list[str]:
+    """Every declared incompatibility between the selected components, one line each."""
+    problems = []
+    for spec in specs.values():
+        for kind, allowed in spec.compat.items():
+            other = specs.get(kind)
+            if other is None or not allowed or _names(other) & set(allowed):
+                continue
+            problems.append(
+                f"{spec.kind} '{spec.name}' (from {spec.distribution}) works only with {kind} "
+                f"{', '.join(allowed)}; the selected {kind} is '{other.name}' (from {other.distribution})"
+            )
+    return problems
+
+
+def build_components(args: Any, pm: TreadlePluginManager | None = None) -> RunComponents:
+    """Resolve, check and instantiate the backend, the precision and the strategy of a run."""
+    pm = pm or get_plugin_manager()
+    specs = resolve_component_specs(args, pm)
+    problems = compatibility_problems(specs)
+    if problems:
+        raise UsageError("the selected components do not work together:\n  " + "\n  ".join(problems))
+    backend = specs["backend"].load()(args, **specs["backend"].init)
+    precision = specs["precision"].load()(args, **specs["precision"].init)
+    strategy = specs["strategy"].load()(args, backend, precision, **specs["strategy"].init)
+    return RunComponents(backend, precision, strategy, specs)
+
+
+def reporter_names(args: Any, pm: TreadlePluginManager) -> list[str]:
+    """The console reporter, then those named by ``--report_to`` (``all`` / ``none`` understood)."""
+    requested = args.report_to
+    if requested is None:
+        requested = []
+    elif isinstance(requested, str):
+        requested = [requested]
+    requested = [option_value(r) for r in requested]
+    if "none" in requested:
+        requested = []
+    elif "all" in requested:
+        requested = pm.names("reporter")
+    names = [CONSOLE_REPORTER]
+    for name in requested:
+        if name not in names:
+            names.append(name)
+    return names
+
+
+def build_reporters(args: Any, pm: TreadlePluginManager | None = None) -> list[tuple[str, Any]]:
+    """``(name, reporter)`` for each reporter of the run, instantiated with its presets."""
+    pm = pm or get_plugin_manager()
+    reporters = []
+    for name in reporter_names(args, pm):
+        spec = pm.resolve("reporter", name, args)
+        reporters.append((spec.name, spec.load()(args, **spec.init)))
+    return reporters
+
+
+def build_hub(args: Any, pm: TreadlePluginManager | None = None) -> Any:
+    """The hub synchroniser for ``--push_to_hub`` (the one installed hub plugin), or None."""
+    if not args.push_to_hub:
+        return None
+    pm = pm or get_plugin_manager()
+    names = pm.names("hub")
+    if not names:
+        raise UsageError("--push_to_hub: no installed plugin provides a model hub. To add one: pip install treadle-hub")
+    spec = pm.resolve("hub", names[0], args)
+    return spec.load()(args, **spec.init)

@@ -1,0 +1,1234 @@
+"""Trainer: the training loop, and the steps a subclass may override.
+
+Read it top to bottom: construction; ``train`` (prepare, epochs, optimizer steps, logging /
+evaluation / saving, finish); evaluation and prediction; the overridable building blocks
+(dataloaders, optimizer, scheduler, loss, steps); then callbacks, logging and saving helpers.
+
+The loop never talks to a concrete device, precision or distribution plugin: it asks the
+strategy (which owns the backend and the precision) to wrap the model and optimizer, to run
+backward, to clip and to step. Lifecycle hooks go through one ``RunHooks`` per Trainer; events
+nobody implements are not called at all, and nothing in a step waits for the device unless
+something is logged, checked (``--nan_inf_policy skip_step|halt``) or saved.
+"""
+
+from __future__ import annotations
+
+import functools
+import gc
+import importlib
+import importlib.util
+import inspect
+import itertools
+import json
+import logging
+import math
+import os
+import sys
+import time
+from dataclasses import dataclass
+from typing import Any, Callable, Iterator, Optional, Union
+
+import torch
+from torch import nn
+
+from treadle.callbacks import LIFECYCLE_EVENTS, as_hook_plugin, has_hookimpls, plugin_name
+from treadle.components import Precision
+from treadle.data import (
+    EvalBatchSampler,
+    LengthGroupedSampler,
+    RandomEpochSampler,
+    build_dataloader,
+    default_data_collator,
+    epoch_iterator,
+    has_length,
+    remove_unused_columns,
+    sample_lengths,
+)
+from treadle.errors import TreadleError, UsageError
+from treadle.evaluation import Accumulator, EvalLoopOutput, EvalPrediction, PredictionOutput, TrainOutput, truncate
+from treadle.flow import FlowPlugin, best_metric_key, option_value
+from treadle.metrics import LossWindow, metrics_format, speed_metrics, to_python_number
+from treadle.model_io import (
+    InputMapper,
+    accepts_loss_kwargs,
+    count_items,
+    find_label_names,
+    label_smoothed_loss,
+    loss_from_outputs,
+    main_input_name,
+    move_to_device,
+    neftune_hook,
+    split_outputs,
+    unwrap_compiled,
+)
+from treadle.plugins import RunHooks, get_plugin_manager
+from treadle.randomness import seed_from_args
+from treadle.selection import build_components, build_hub, build_reporters
+from treadle.state import TrainerControl, TrainerState
+
+logger = logging.getLogger("treadle")
+
+
+_RUN_LAYOUT_FIELDS = (
+    "max_steps", "num_train_epochs", "logging_steps", "eval_steps", "save_steps", "train_batch_size",
+    "is_local_process_zero", "is_world_process_zero",
+)
+"""State fields that describe this run's layout: a resume keeps them instead of the saved ones."""
+
+
+@dataclass
+class TrainingPlan:
+    """The numbers a training run is laid out with (computed once, before the first step)."""
+
+    dataloader: Any
+    steps_per_epoch: Optional[int]
+    """Optimizer steps per epoch; None for a dataset without a length."""
+    max_steps: int
+    num_epochs: int
+    first_epoch: int = 0
+    skip_batches: int = 0
+    """Micro-batches of ``first_epoch`` already trained (resume)."""
+    start_step: int = 0
+    start_time: float = 0.0
+
+
+class Trainer:
+    """Train, evaluate and predict with any ``torch.nn.Module`` (see the module docstring).
+
+    Important attributes: ``model`` (the user's module), ``model_wrapped`` (what the strategy
+    and ``torch.compile`` made of it; the module the loop calls), ``backend`` / ``precision`` /
+    ``strategy`` (the run's components), ``run_hooks`` (the hook caller of this Trainer),
+    ``state`` and ``control``.
+    """
+
+    def __init__(
+        self,
+        model: Optional[nn.Module] = None,
+        args: Any = None,
+        data_collator: Optional[Callable] = None,
+        train_dataset: Any = None,
+        eval_dataset: Any = None,
+        processing_class: Any = None,
+        model_init: Optional[Callable] = None,
+        compute_loss_func: Optional[Callable] = None,
+        compute_metrics: Optional[Callable] = None,
+        callbacks: Optional[list] = None,
+        optimizers: tuple[Any, Any] = (None, None),
+        optimizer_cls_and_kwargs: Optional[tuple[type, dict[str, Any]]] = None,
+        preprocess_logits_for_metrics: Optional[Callable] = None,
+    ) -> None:
+        if args is None:
+            from treadle.args import TrainingArguments
+
+            args = TrainingArguments(output_dir="trainer_output")
+        self.args = args
+        _apply_log_level(args)
+        seed_from_args(args)  # before model_init, so the model's initial weights are reproducible
+
+        components = build_components(args)
+        self.backend, self.precision, self.strategy = components.backend, components.precision, components.strategy
+        self.component_specs = components.specs
+        self.strategy.setup_environment()
+
+        self.model_init = model_init
+        if model is None:
+            if model_init is None:
+                raise UsageError("Trainer needs a model, or a model_init function that builds one")
+            model = self.call_model_init()
+        self.model = model
+        self.model_wrapped = model
+        self._wrapped_for: Optional[nn.Module] = None
+        self._adopt_model(model)
+
+        self.processing_class = processing_class
+        self.data_collator = data_collator if data_collator is not None else default_data_collator
+        self.train_dataset = train_dataset
+        self.eval_dataset = eval_dataset
+        self.compute_loss_func = compute_loss_func
+        self.compute_metrics = compute_metrics
+        self.preprocess_logits_for_metrics = preprocess_logits_for_metrics
+
+        self.optimizer, self.lr_scheduler = optimizers
+        self._user_optimizer, self._user_scheduler = optimizers
+        if optimizer_cls_and_kwargs is not None and self.optimizer is not None:
+            raise UsageError("pass either optimizers=(optimizer, scheduler) or optimizer_cls_and_kwargs, not both")
+        self.optimizer_cls_and_kwargs = optimizer_cls_and_kwargs
+
+        self._train_batch_size = args.per_device_train_batch_size
+        self.state = TrainerState(
+            is_local_process_zero=self.is_local_process_zero(), is_world_process_zero=self.is_world_process_zero()
+        )
+        self.control = TrainerControl()
+        self.is_in_train = False
+        self.train_dataloader: Any = None
+        self.eval_dataloader: Any = None
+        self.hub: Any = None
+
+        self.run_hooks = RunHooks()
+        self._callbacks: list[tuple[object, object]] = []
+        self._register_run_plugins(callbacks or [])
+        self._event("init_end")
+
+    def _adopt_model(self, model: nn.Module) -> None:
+        """Learn what the loop needs to know about a (new) model."""
+        self.label_names = list(self.args.label_names) if self.args.label_names is not None else find_label_names(model)
+        if not hasattr(self, "model_accepts_loss_kwargs") or self.model_accepts_loss_kwargs is None:
+            self.model_accepts_loss_kwargs = accepts_loss_kwargs(model)
+        self._input_mapper = InputMapper(model)
+        self._device = self.strategy.root_device or torch.device("cpu")
+
+    def _register_run_plugins(self, callbacks: list) -> None:
+        """Flow plugin first (and ``tryfirst``), then reporters and hub, then the user's callbacks."""
+        self.run_hooks.register(FlowPlugin(), name="treadle:flow")
+        for name, reporter in build_reporters(self.args):
+            self._register_callback(reporter, f"reporter:{name}")
+        self.hub = build_hub(self.args)
+        if self.hub is not None and has_hookimpls(self.hub):
+            self._register_callback(self.hub, "hub")
+        for callback in callbacks:
+            self.add_callback(callback)
+        self._refresh_event_cache()
+
+    # =========================================================================================
+    # Training
+    # =========================================================================================
+
+    def train(
+        self,
+        resume_from_checkpoint: Union[str, bool, None] = None,
+        trial: Any = None,
+        ignore_keys_for_eval: Optional[list[str]] = None,
+    ) -> TrainOutput:
+        """Train the model; ``resume_from_checkpoint`` is a checkpoint path, or True for the newest one."""
+        self.is_in_train = True
+        try:
+            if self.model_init is not None:
+                seed_from_args(self.args)
+                self._replace_model(self.call_model_init(trial))
+            run = functools.partial(
+                self._inner_training_loop, resume_from_checkpoint=resume_from_checkpoint, trial=trial,
+                ignore_keys_for_eval=ignore_keys_for_eval,
+            )
+            if self.args.auto_find_batch_size:
+                return self._with_batch_size_search(run)
+            return run(batch_size=self._train_batch_size)
+        finally:
+            self.is_in_train = False
+
+    def _inner_training_loop(
+        self, batch_size: int, resume_from_checkpoint: Any, trial: Any, ignore_keys_for_eval: Optional[list[str]]
+    ) -> TrainOutput:
+        self._train_batch_size = batch_size
+        plan = self._prepare_training(resume_from_checkpoint, trial)
+        self._event("train_begin")
+        if self.args.eval_on_start:
+            self._evaluate_during_training(ignore_keys_for_eval, step_plateau_scheduler=False)
+        for epoch in range(plan.first_epoch, plan.num_epochs):
+            skip = plan.skip_batches if epoch == plan.first_epoch else 0
+            self._train_epoch(epoch, plan, skip, ignore_keys_for_eval)
+            if self.control.should_training_stop:
+                break
+        return self._finish_training(plan)
+
+    # -- phase 1: prepare ------------------------------------------------------------------------
+
+    def _prepare_training(self, resume_from_checkpoint: Any, trial: Any) -> TrainingPlan:
+        """Dataloader, step counts, state, wrapped model, optimizer, scheduler; then resume."""
+        args = self.args
+        self.train_dataloader = self.get_train_dataloader()
+        plan = self._plan_training(self.train_dataloader)
+        self.state = self._fresh_state(plan, trial)
+        self.control._new_training()
+
+        self._enable_gradient_checkpointing()
+        model = self._setup_model()
+        self.create_optimizer_and_scheduler(num_training_steps=plan.max_steps)
+        self.optimizer = self.strategy.setup_optimizer(self.optimizer)
+        self._configure_step(model)
+
+        if resume_from_checkpoint not in (None, False):
+            self._resume(resume_from_checkpoint, plan)
+        plan.first_epoch, plan.skip_batches = self._resume_position(plan)
+        plan.start_step = self.state.global_step
+        self._last_logged_step = self.state.global_step
+        self._log_training_plan(plan)
+        model.train()
+        plan.start_time = time.perf_counter()
+        if args.neftune_noise_alpha:
+            self._neftune_handle = self._activate_neftune(args.neftune_noise_alpha)
+        return plan
+
+    def _plan_training(self, dataloader: Any) -> TrainingPlan:
+        """Steps per epoch, total steps and epochs, from the data and ``num_train_epochs`` / ``max_steps``."""
+        args = self.args
+        accumulation = args.gradient_accumulation_steps
+        if has_length(dataloader):
+            num_batches = len(dataloader)
+            if num_batches == 0:
+                raise UsageError(
+                    "the training dataloader yields no batch (empty dataset, or fewer samples than "
+                    "one batch with --dataloader_drop_last)"
+                )
+            steps_per_epoch = math.ceil(num_batches / accumulation)
+            if args.max_steps > 0:
+                max_steps = args.max_steps
+                num_epochs = math.ceil(max_steps / steps_per_epoch)
+            else:
+                max_steps = math.ceil(args.num_train_epochs * steps_per_epoch)
+                num_epochs = math.ceil(args.num_train_epochs)
+            return TrainingPlan(dataloader, steps_per_epoch, max_steps, num_epochs)
+        if args.max_steps > 0:
+            return TrainingPlan(dataloader, None, args.max_steps, sys.maxsize)
+        raise UsageError(
+            "the training dataset has no length (it is iterable), so num_train_epochs cannot be turned "
+            "into a number of steps: set --max_steps"
+        )
+
+    def _fresh_state(self, plan: TrainingPlan, trial: Any) -> TrainerState:
+        state = TrainerState(
+            max_steps=plan.max_steps,
+            num_train_epochs=plan.num_epochs if plan.steps_per_epoch else 0,
+            train_batch_size=self._train_batch_size,
+            is_local_process_zero=self.is_local_process_zero(),
+            is_world_process_zero=self.is_world_process_zero(),
+            trial_params=dict(trial) if isinstance(trial, dict) else None,
+        )
+        state.set_intervals(self.args, plan.max_steps)
+        return state
+
+    def _configure_step(self, model: nn.Module) -> None:
+        """Decide once what each optimizer step must do, so the step itself only branches on flags."""
+        args = self.args
+        self._loss_window = LossWindow(filter_non_finite=bool(args.logging_nan_inf_filter))
+        self._grad_norm: Optional[torch.Tensor] = None
+        self._max_grad_norm = args.max_grad_norm if args.max_grad_norm and args.max_grad_norm > 0 else None
+        no_sync = getattr(self.strategy, "no_backward_sync", None)
+        self._no_sync = no_sync if no_sync is not None and self.args.gradient_accumulation_steps > 1 else None
+        self._scheduler_per_step = self.lr_scheduler is not None and not _is_plateau(self.lr_scheduler)
+        self._nan_policy = option_value(getattr(args, "nan_inf_policy", "warn")) or "warn"
+        self._precision_scales_loss = type(self.precision).unscale_gradients is not Precision.unscale_gradients
+        self._skipped_in_window = 0
+        self._skipped_total = 0
+        self._empty_cache_every = args.torch_empty_cache_steps or 0
+        self._weight_micro_batches = self.compute_loss_func is None and not (
+            self.model_accepts_loss_kwargs and not args.label_smoothing_factor
+        )
+        self._average_tokens = bool(getattr(args, "average_tokens_across_devices", False)) and self.strategy.world_size > 1
+        tokens = option_value(args.include_num_input_tokens_seen)
+        self._token_mode = {True: "all", False: "no", None: "no"}.get(tokens, tokens)
+        self._pending_tokens: Any = 0
+        self._count_flos = hasattr(unwrap_compiled(self.model), "floating_point_ops") or (
+            type(self).floating_point_ops is not Trainer.floating_point_ops
+        )
+        self._track_inputs = self._count_flos or self._token_mode != "no"
+
+    def _log_training_plan(self, plan: TrainingPlan) -> None:
+        logger.info(
+            "training: %s examples, %s epochs, %d steps (batch %d per device, %d per step), %d trainable parameters%s",
+            self.num_examples(plan.dataloader) if has_length(plan.dataloader) else "?",
+            plan.num_epochs if plan.steps_per_epoch else "?", plan.max_steps, self._train_batch_size,
+            self.get_total_train_batch_size(), self.get_num_trainable_parameters(),
+            f"; resuming at step {plan.start_step}" if plan.start_step else "",
+        )
+
+    def _resume(self, resume_from_checkpoint: Any, plan: TrainingPlan) -> None:
+        """Restore everything from a checkpoint; keep this run's own layout values."""
+        checkpoint = _checkpointing()
+        if checkpoint is None:
+            raise UsageError("resume_from_checkpoint needs treadle.checkpoint, which this installation lacks")
+        path = checkpoint.resolve_resume_checkpoint(resume_from_checkpoint, self.args.output_dir)
+        if path is None:
+            logger.info("no checkpoint to resume from in %s; starting from scratch", self.args.output_dir)
+            return
+        layout = {name: getattr(self.state, name) for name in _RUN_LAYOUT_FIELDS}
+        checkpoint.load_checkpoint(self, path)
+        for name, value in layout.items():
+            setattr(self.state, name, value)
+        logger.info("resumed from %s at step %d", path, self.state.global_step)
+
+    def _resume_position(self, plan: TrainingPlan) -> tuple[int, int]:
+        """``(first epoch, micro-batches of it to skip)`` for the restored ``global_step``."""
+        step = self.state.global_step
+        if step == 0:
+            return 0, 0
+        accumulation = self.args.gradient_accumulation_steps
+        if plan.steps_per_epoch is None:
+            return 0, 0 if self.args.ignore_data_skip else step * accumulation
+        epochs_trained = step // plan.steps_per_epoch
+        if self.args.ignore_data_skip:
+            return epochs_trained, 0
+        return epochs_trained, (step % plan.steps_per_epoch) * accumulation
+
+    # -- phase 2: epochs and optimizer steps -----------------------------------------------------
+
+    def _train_epoch(self, epoch: int, plan: TrainingPlan, skip_batches: int, ignore_keys_for_eval: Any) -> None:
+        state, control = self.state, self.control
+        accumulation = self.args.gradient_accumulation_steps
+        batches = epoch_iterator(plan.dataloader, epoch, skip_batches)
+        control._new_epoch()
+        self._event("epoch_begin")
+        step_in_epoch = skip_batches // accumulation
+        steps_done = 0
+        for micro_batches in _groups_of(batches, accumulation):
+            self._event("step_begin")
+            self._run_optimizer_step(micro_batches)
+            step_in_epoch += 1
+            steps_done += 1
+            state.global_step += 1
+            state.epoch = epoch + step_in_epoch / plan.steps_per_epoch if plan.steps_per_epoch else float(epoch)
+            if self._empty_cache_every and state.global_step % self._empty_cache_every == 0:
+                self.backend.empty_cache()
+            self._event("step_end")
+            self._maybe_log_save_evaluate(ignore_keys_for_eval)
+            if control.should_epoch_stop or control.should_training_stop:
+                break
+        if plan.steps_per_epoch is None:
+            state.epoch = float(epoch + 1)
+            if steps_done == 0:
+                logger.warning("the training data ran out before max_steps (%d); stopping", state.max_steps)
+                control.should_training_stop = True
+        self._event("epoch_end")
+        self._maybe_log_save_evaluate(ignore_keys_for_eval)
+
+    def _run_optimizer_step(self, micro_batches: list[Any]) -> None:
+        """Forward and backward over the micro-batches of one step, then clip, check and step."""
+        model = self.model_wrapped
+        num_items = None
+        if len(micro_batches) > 1:
+            micro_batches = [self._prepare_inputs(b) for b in micro_batches]
+            num_items = self._items_in_step(micro_batches)
+        check = self._nan_policy != "warn"
+        step_loss = None
+        last = len(micro_batches) - 1
+        for i, inputs in enumerate(micro_batches):
+            if self._track_inputs:
+                self._count_inputs(inputs)
+            if i < last and self._no_sync is not None:
+                with self._no_sync(model, True):
+                    loss = self.training_step(model, inputs, num_items)
+            else:
+                loss = self.training_step(model, inputs, num_items)
+            self._loss_window.add(loss)
+            if check:
+                step_loss = loss if step_loss is None else step_loss + loss
+            if i < last:
+                self._event("substep_end")
+        if self._max_grad_norm is not None:
+            self._grad_norm = self.strategy.clip_grad_norm(model, self.optimizer, self._max_grad_norm)
+        if check and not self._step_is_finite(step_loss):
+            self._drop_non_finite_step(step_loss)
+            return
+        self._event("pre_optimizer_step")
+        stepped = self.strategy.optimizer_step(self.optimizer, model)
+        self._event("optimizer_step")
+        if stepped and self._scheduler_per_step:
+            self.lr_scheduler.step()
+        self.strategy.zero_grad(self.optimizer)
+
+    def _items_in_step(self, micro_batches: list[dict[str, Any]]) -> Any:
+        """Items the whole accumulated batch averages over (so its loss equals one big batch's)."""
+        total = sum(count_items(b, self.label_names) for b in micro_batches)
+        if self._average_tokens and (self.model_accepts_loss_kwargs or self.compute_loss_func is not None):
+            total = self.strategy.all_reduce(torch.as_tensor(total, device=self._device), op="sum")
+        return total
+
+    # -- NaN / Inf policy (only --nan_inf_policy skip_step|halt pay for a host sync per step) --
+
+    def _step_is_finite(self, step_loss: torch.Tensor) -> bool:
+        values = [step_loss.detach().float().reshape(1)]
+        if not self._precision_scales_loss:  # a loss scaler skips overflowing steps by itself
+            norm = self._grad_norm if self._max_grad_norm is not None else self._gradient_norm()
+            if norm is not None:
+                values.append(norm.detach().float().reshape(1).to(values[0].device))
+        return bool(torch.isfinite(torch.cat(values)).all())
+
+    def _gradient_norm(self) -> Optional[torch.Tensor]:
+        grads = [p.grad for p in self.model.parameters() if p.grad is not None]
+        return torch.nn.utils.get_total_norm(grads) if grads else None
+
+    def _drop_non_finite_step(self, step_loss: torch.Tensor) -> None:
+        step = self.state.global_step + 1
+        loss = float(step_loss)
+        if self._nan_policy == "halt":
+            self.strategy.zero_grad(self.optimizer)
+            self.log({"loss": loss, "non_finite_step": step})
+            raise TreadleError(
+                f"training halted at step {step} (epoch {self.state.epoch or 0:.2f}): the loss ({loss}) or the "
+                f"gradient norm is not finite, and --nan_inf_policy is halt. The weights were not updated "
+                f"with it and nothing was saved after step {step - 1}, so the newest checkpoint is intact. "
+                "Try a lower --learning_rate, gradient clipping (--max_grad_norm 1.0), or "
+                "--nan_inf_policy skip_step to drop such steps."
+            )
+        logger.warning("step %d: non-finite loss (%s) or gradient; the optimizer step is skipped (--nan_inf_policy skip_step)", step, loss)
+        self.strategy.zero_grad(self.optimizer)
+        self._skipped_in_window += 1
+        self._skipped_total += 1
+
+    # -- phase 3: log, evaluate, save when control asks -----------------------------------------
+
+    def _maybe_log_save_evaluate(self, ignore_keys_for_eval: Optional[list[str]] = None) -> None:
+        control = self.control
+        if not (control.should_log or control.should_evaluate or control.should_save):
+            return
+        self._sync_counters()
+        if control.should_log:
+            self._log_training_progress()
+        metrics = None
+        if control.should_evaluate:
+            metrics = self._evaluate_during_training(ignore_keys_for_eval)
+        if control.should_save:
+            self._save_checkpoint(metrics)
+        control.should_log = control.should_evaluate = control.should_save = False
+
+    def _log_training_progress(self) -> None:
+        steps = self.state.global_step - self._last_logged_step
+        if steps <= 0:
+            return
+        reading = self._loss_window.read(steps)
+        logs: dict[str, float] = {"loss": reading.loss}
+        if self._grad_norm is not None:
+            logs["grad_norm"] = float(self._grad_norm)
+        logs["learning_rate"] = self._current_learning_rate()
+        if reading.non_finite:
+            logs["non_finite_losses"] = reading.non_finite
+            self._warn_non_finite(f"{reading.non_finite} micro-batch loss(es) in the last {steps} step(s) were NaN or Inf")
+        if "grad_norm" in logs and not math.isfinite(logs["grad_norm"]):
+            self._warn_non_finite(f"the gradient norm is {logs['grad_norm']}")
+        if self._skipped_in_window:
+            logs["skipped_steps"] = self._skipped_in_window
+            self._skipped_in_window = 0
+        self._last_logged_step = self.state.global_step
+        self.log(logs)
+
+    def _warn_non_finite(self, what: str) -> None:
+        if self._nan_policy == "warn":
+            logger.warning("step %d: %s (--nan_inf_policy warn: training goes on)", self.state.global_step, what)
+
+    def _evaluate_during_training(self, ignore_keys: Optional[list[str]], step_plateau_scheduler: bool = True) -> dict[str, float]:
+        metrics = self.evaluate(ignore_keys=ignore_keys)
+        checkpoint = _checkpointing()
+        if checkpoint is not None and self.args.metric_for_best_model:
+            checkpoint.update_best_metric(self.args, self.state, metrics)
+        if step_plateau_scheduler and _is_plateau(self.lr_scheduler):
+            key = best_metric_key(self.args)
+            if key not in metrics:
+                raise UsageError(
+                    f"lr_scheduler_type reduce_lr_on_plateau watches {key!r}, which evaluation did not "
+                    f"return (it returned {', '.join(metrics)}); set --metric_for_best_model"
+                )
+            self.lr_scheduler.step(metrics[key])
+        self.model_wrapped.train()
+        return metrics
+
+    def _save_checkpoint(self, metrics: Optional[dict[str, float]]) -> None:
+        checkpoint = _checkpointing()
+        if checkpoint is None:
+            _warn_once("treadle.checkpoint is not installed: checkpoints are not saved")
+            return
+        checkpoint_dir = checkpoint.save_checkpoint(self, metrics)
+        self._event("save", checkpoint_dir=str(checkpoint_dir))
+
+    # -- phase 4: finish -------------------------------------------------------------------------
+
+    def _finish_training(self, plan: TrainingPlan) -> TrainOutput:
+        args, state = self.args, self.state
+        self._sync_counters()
+        if getattr(self, "_neftune_handle", None) is not None:
+            self._neftune_handle.remove()
+            self._neftune_handle = None
+        if args.load_best_model_at_end and state.best_model_checkpoint is not None:
+            checkpoint = _checkpointing()
+            if checkpoint is not None:
+                checkpoint.load_best_model(self)
+        remaining = state.global_step - self._last_logged_step
+        if remaining > 0 and self._loss_window.has_data():
+            reading = self._loss_window.read(remaining)
+            if reading.non_finite:
+                self._warn_non_finite(f"{reading.non_finite} micro-batch loss(es) since the last log were NaN or Inf")
+        steps_run = state.global_step - plan.start_step
+        metrics = speed_metrics(
+            "train", plan.start_time, num_samples=steps_run * self.get_total_train_batch_size(), num_steps=steps_run,
+        )
+        metrics["total_flos"] = state.total_flos
+        metrics["train_loss"] = self._loss_window.mean_train_loss()
+        if self._skipped_total:
+            metrics["train_skipped_steps"] = self._skipped_total
+        self.log(metrics)
+        self._event("train_end")
+        return TrainOutput(state.global_step, metrics["train_loss"], metrics)
+
+    # -- automatic batch size --------------------------------------------------------------------
+
+    def _with_batch_size_search(self, run: Callable[..., TrainOutput]) -> TrainOutput:
+        """``auto_find_batch_size``: on an out-of-memory error, halve the batch and start again."""
+        batch_size = self._train_batch_size
+        while True:
+            try:
+                return run(batch_size=batch_size)
+            except Exception as exc:
+                if not _is_out_of_memory(exc) or batch_size <= 1:
+                    raise
+                batch_size //= 2
+                logger.warning("out of memory; retrying with per-device batch size %d (auto_find_batch_size)", batch_size)
+                self._forget_run_objects()
+
+    def _forget_run_objects(self) -> None:
+        if self.optimizer is not None:
+            self.optimizer.zero_grad(set_to_none=True)
+        self.optimizer, self.lr_scheduler = self._user_optimizer, self._user_scheduler
+        self.train_dataloader = None
+        gc.collect()
+        self.backend.empty_cache()
+
+    # =========================================================================================
+    # Evaluation and prediction
+    # =========================================================================================
+
+    def evaluate(
+        self, eval_dataset: Any = None, ignore_keys: Optional[list[str]] = None, metric_key_prefix: str = "eval"
+    ) -> dict[str, float]:
+        """Evaluate and return the metrics (``<prefix>_loss``, the ``compute_metrics`` ones, speeds).
+
+        A dict of datasets is evaluated set by set, each with its name in the prefix
+        (``eval_<name>_loss``).
+        """
+        datasets = eval_dataset if eval_dataset is not None else self.eval_dataset
+        if isinstance(datasets, dict):
+            metrics: dict[str, float] = {}
+            for name, dataset in datasets.items():
+                metrics.update(self.evaluate(dataset, ignore_keys, f"{metric_key_prefix}_{name}"))
+            return metrics
+        dataloader = self.get_eval_dataloader(eval_dataset)
+        start = time.perf_counter()
+        output = self.evaluation_loop(
+            dataloader, "Evaluation", prediction_loss_only=True if self.compute_metrics is None else None,
+            ignore_keys=ignore_keys, metric_key_prefix=metric_key_prefix,
+        )
+        batch_size = self.args.per_device_eval_batch_size * self.strategy.world_size
+        output.metrics.update(
+            speed_metrics(metric_key_prefix, start, num_samples=output.num_samples,
+                          num_steps=math.ceil(output.num_samples / batch_size))
+        )
+        self.log(output.metrics)
+        self._event("evaluate", metrics=output.metrics)
+        return output.metrics
+
+    def predict(
+        self, test_dataset: Any, ignore_keys: Optional[list[str]] = None, metric_key_prefix: str = "test"
+    ) -> PredictionOutput:
+        """Predictions for ``test_dataset`` (numpy), its labels if it has some, and metrics."""
+        dataloader = self.get_test_dataloader(test_dataset)
+        start = time.perf_counter()
+        output = self.evaluation_loop(dataloader, "Prediction", ignore_keys=ignore_keys, metric_key_prefix=metric_key_prefix)
+        batch_size = self.args.per_device_eval_batch_size * self.strategy.world_size
+        output.metrics.update(
+            speed_metrics(metric_key_prefix, start, num_samples=output.num_samples,
+                          num_steps=math.ceil(output.num_samples / batch_size))
+        )
+        self._event("predict", metrics=output.metrics)
+        return PredictionOutput(output.predictions, output.label_ids, output.metrics)
+
+    def evaluation_loop(
+        self,
+        dataloader: Any,
+        description: str,
+        prediction_loss_only: Optional[bool] = None,
+        ignore_keys: Optional[list[str]] = None,
+        metric_key_prefix: str = "eval",
+    ) -> EvalLoopOutput:
+        """The loop shared by ``evaluate`` and ``predict``; works with and without labels."""
+        args = self.args
+        loss_only = args.prediction_loss_only if prediction_loss_only is None else prediction_loss_only
+        model = self._setup_model()
+        model.eval()
+        self.eval_dataloader = dataloader
+        include = set(args.include_for_metrics or [])
+        per_batch_metrics = bool(args.batch_eval_metrics) and self.compute_metrics is not None
+        offload = args.eval_accumulation_steps
+        losses = Accumulator(offload)
+        predictions = Accumulator(offload, concat=args.eval_do_concat_batches)
+        labels_seen = Accumulator(offload, concat=args.eval_do_concat_batches)
+        inputs_seen = Accumulator(offload, concat=args.eval_do_concat_batches)
+        num_batches = len(dataloader) if has_length(dataloader) else None
+        metrics: Optional[dict[str, Any]] = None
+        observed = 0
+        for step, batch in enumerate(dataloader):
+            batch = self._prepare_inputs(batch)
+            batch_size = _batch_size(batch)
+            loss, logits, labels = self.prediction_step(model, batch, loss_only, ignore_keys=ignore_keys)
+            inputs = batch.get(main_input_name(self.model, batch)) if "inputs" in include else None
+            if loss is not None:
+                losses.add(self._gather(loss.reshape(1).repeat(batch_size)))
+            logits, labels, inputs = self._gather(logits), self._gather(labels), self._gather(inputs)
+            if logits is not None and self.preprocess_logits_for_metrics is not None:
+                logits = self.preprocess_logits_for_metrics(logits, labels)
+            if per_batch_metrics:
+                if logits is not None and labels is not None:
+                    batch_losses = loss.reshape(1) if "loss" in include and loss is not None else None
+                    is_last = num_batches is not None and step == num_batches - 1
+                    metrics = self.compute_metrics(EvalPrediction(logits, labels, inputs, batch_losses), compute_result=is_last)
+            else:
+                predictions.add(logits)
+                labels_seen.add(labels)
+                inputs_seen.add(inputs)
+            observed += batch_size
+            self._event("prediction_step")
+
+        num_samples = len(dataloader.dataset) if has_length(getattr(dataloader, "dataset", None)) else observed
+        all_losses = _truncate(losses.result(), num_samples)
+        all_preds = _truncate(predictions.result(), num_samples)
+        all_labels = _truncate(labels_seen.result(), num_samples)
+        all_inputs = _truncate(inputs_seen.result(), num_samples)
+        if not per_batch_metrics and self.compute_metrics is not None and all_preds is not None and all_labels is not None:
+            metrics = self.compute_metrics(
+                EvalPrediction(all_preds, all_labels, all_inputs, all_losses if "loss" in include else None)
+            )
+        metrics = {k: to_python_number(v) for k, v in (metrics or {}).items()}
+        if all_losses is not None:
+            metrics["loss"] = float(all_losses.mean())
+        metrics = {k if k.startswith(f"{metric_key_prefix}_") else f"{metric_key_prefix}_{k}": v for k, v in metrics.items()}
+        return EvalLoopOutput(all_preds, all_labels, metrics, num_samples)
+
+    def _gather(self, value: Any) -> Any:
+        if value is None or self.strategy.world_size == 1:
+            return value
+        if isinstance(value, (tuple, list)):
+            return type(value)(self._gather(v) for v in value)
+        return self.strategy.all_gather(value)
+
+    def prediction_step(
+        self, model: nn.Module, inputs: Any, prediction_loss_only: bool, ignore_keys: Optional[list[str]] = None
+    ) -> tuple[Optional[torch.Tensor], Any, Any]:
+        """``(loss, logits, labels)`` for one batch; each may be None."""
+        inputs = self._prepare_inputs(inputs)
+        has_labels = bool(self.label_names) and all(inputs.get(name) is not None for name in self.label_names)
+        if ignore_keys is None:
+            config = getattr(unwrap_compiled(self.model), "config", None)
+            ignore_keys = list(getattr(config, "keys_to_ignore_at_inference", []) or [])
+        labels = None
+        if has_labels:
+            labels = tuple(inputs[name] for name in self.label_names)
+            labels = labels[0] if len(labels) == 1 else labels
+        with torch.no_grad(), self.precision.eval_context():
+            if has_labels:
+                loss, outputs = self.compute_loss(model, inputs, return_outputs=True)
+                loss = loss.detach().mean()
+                _, logits = split_outputs(outputs, has_loss=not self._loss_outside_model(), ignore_keys=ignore_keys)
+            else:
+                outputs = model(**inputs)
+                loss, logits = split_outputs(outputs, has_loss=False, ignore_keys=ignore_keys)
+        if prediction_loss_only:
+            return loss, None, None
+        return loss, _detach(logits), labels
+
+    # =========================================================================================
+    # Overridable building blocks
+    # =========================================================================================
+
+    def training_step(self, model: nn.Module, inputs: Any, num_items_in_batch: Any = None) -> torch.Tensor:
+        """Forward and backward for one micro-batch; returns the (detached, weighted) loss.
+
+        With gradient accumulation, ``num_items_in_batch`` counts the items of the whole
+        accumulated batch; a mean loss is weighted by this micro-batch's share of them, so the
+        accumulated gradient equals that of one large batch.
+        """
+        inputs = self._prepare_inputs(inputs)
+        share = None
+        if num_items_in_batch is not None and self._weight_micro_batches:
+            share = count_items(inputs, self.label_names) / num_items_in_batch
+        with self.precision.forward_context():
+            loss = self.compute_loss(model, inputs, num_items_in_batch=num_items_in_batch)
+        if share is not None:
+            loss = loss * share
+        self.strategy.backward(loss, model)
+        return loss.detach()
+
+    def compute_loss(
+        self, model: nn.Module, inputs: dict[str, Any], return_outputs: bool = False, num_items_in_batch: Any = None
+    ) -> Any:
+        """The loss of one batch: the model's own, or ``compute_loss_func`` / label smoothing on its outputs."""
+        labels = None
+        if self._loss_outside_model():
+            key = self.label_names[0] if len(self.label_names) == 1 else "labels"
+            if key in inputs:
+                labels = inputs[key]
+                inputs = {k: v for k, v in inputs.items() if k != key}
+        if num_items_in_batch is not None and self.model_accepts_loss_kwargs and self.compute_loss_func is None:
+            inputs = {**inputs, "num_items_in_batch": num_items_in_batch}
+        outputs = model(**inputs)
+        if labels is not None and self.compute_loss_func is not None:
+            loss = self.compute_loss_func(outputs, labels, num_items_in_batch=num_items_in_batch)
+        elif labels is not None:
+            loss = label_smoothed_loss(outputs, labels, self.args.label_smoothing_factor)
+        else:
+            loss = loss_from_outputs(outputs, inputs, self.label_names)
+        if self._average_tokens and num_items_in_batch is not None and not self._weight_micro_batches:
+            loss = loss * self.strategy.world_size
+        return (loss, outputs) if return_outputs else loss
+
+    def _loss_outside_model(self) -> bool:
+        return self.compute_loss_func is not None or bool(self.args.label_smoothing_factor)
+
+    def _prepare_inputs(self, inputs: Any) -> dict[str, Any]:
+        """A batch as the forward's keyword arguments, on the run's device."""
+        inputs = self._input_mapper(inputs)
+        if self._device.type != "cpu":
+            inputs = move_to_device(inputs, self._device, non_blocking=self._pin_memory())
+        return inputs
+
+    def _pin_memory(self) -> bool:
+        return bool(self.args.dataloader_pin_memory) and self._device.type != "cpu"
+
+    def _data_seed(self) -> int:
+        return self.args.data_seed if self.args.data_seed is not None else self.args.seed
+
+    # -- dataloaders -----------------------------------------------------------------------------
+
+    def get_train_dataloader(self) -> Any:
+        """The training DataLoader: shuffled per epoch from ``data_seed``, resumable mid-epoch."""
+        if self.train_dataset is None:
+            raise UsageError("training needs a train_dataset (Trainer(train_dataset=...) or a task that returns one)")
+        dataset, collator = self._dataset_and_collator(self.train_dataset, "training")
+        return build_dataloader(
+            dataset, batch_size=self._train_batch_size, collate_fn=collator, args=self.args,
+            seed=self._data_seed(), sampler=self._get_train_sampler(self.train_dataset), pin_memory=self._pin_memory(),
+        )
+
+    def _get_train_sampler(self, dataset: Any) -> Any:
+        if isinstance(dataset, torch.utils.data.IterableDataset) or not has_length(dataset):
+            return None
+        replicas, rank = self.strategy.shard_info()
+        if self.args.group_by_length:
+            lengths = sample_lengths(dataset, self.args.length_column_name, getattr(self.model, "main_input_name", "input_ids"))
+            batch = self._train_batch_size * self.args.gradient_accumulation_steps
+            return LengthGroupedSampler(lengths, batch, seed=self._data_seed(), num_replicas=replicas, rank=rank)
+        return RandomEpochSampler(len(dataset), seed=self._data_seed(), num_replicas=replicas, rank=rank)
+
+    def get_eval_dataloader(self, eval_dataset: Any = None) -> Any:
+        """The evaluation DataLoader (``eval_dataset`` may name one of a dict of eval sets)."""
+        if isinstance(eval_dataset, str):
+            eval_dataset = self.eval_dataset[eval_dataset]
+        dataset = eval_dataset if eval_dataset is not None else self.eval_dataset
+        if dataset is None:
+            raise UsageError("evaluation needs an eval_dataset (Trainer(eval_dataset=...) or evaluate(dataset))")
+        return self._inference_dataloader(dataset, "evaluation")
+
+    def get_test_dataloader(self, test_dataset: Any) -> Any:
+        """The prediction DataLoader for ``test_dataset``."""
+        return self._inference_dataloader(test_dataset, "test")
+
+    def _inference_dataloader(self, dataset: Any, description: str) -> Any:
+        dataset, collator = self._dataset_and_collator(dataset, description)
+        batch_size = self.args.per_device_eval_batch_size
+        common = {"collate_fn": collator, "args": self.args, "seed": self._data_seed(), "pin_memory": self._pin_memory()}
+        if isinstance(dataset, torch.utils.data.IterableDataset) or not has_length(dataset):
+            return build_dataloader(dataset, batch_size=batch_size, **common)
+        replicas, rank = self.strategy.shard_info()
+        batches = EvalBatchSampler(len(dataset), batch_size, self.args.dataloader_drop_last, replicas, rank)
+        return build_dataloader(dataset, batch_size=batch_size, batch_sampler=batches, **common)
+
+    def _dataset_and_collator(self, dataset: Any, description: str) -> tuple[Any, Callable]:
+        if not self.args.remove_unused_columns:
+            return dataset, self.data_collator
+        return remove_unused_columns(dataset, self.data_collator, unwrap_compiled(self.model), self.label_names, description)
+
+    # -- model setup -----------------------------------------------------------------------------
+
+    def _setup_model(self) -> nn.Module:
+        """Let the strategy move and wrap the model (once per model), then compile if asked."""
+        if self._wrapped_for is not self.model:
+            wrapped = self.strategy.setup_model(self.model)
+            if self.args.torch_compile:
+                wrapped = torch.compile(
+                    wrapped, backend=self.args.torch_compile_backend or "inductor", mode=self.args.torch_compile_mode
+                )
+            self.model_wrapped = wrapped
+            self._wrapped_for = self.model
+            self._device = self.strategy.root_device or torch.device("cpu")
+        return self.model_wrapped
+
+    def _replace_model(self, model: nn.Module) -> None:
+        self.model = self.model_wrapped = model
+        self._wrapped_for = None
+        self.optimizer, self.lr_scheduler = self._user_optimizer, self._user_scheduler
+        self._adopt_model(model)
+
+    def _enable_gradient_checkpointing(self) -> None:
+        if not self.args.gradient_checkpointing:
+            return
+        enable = getattr(self.model, "gradient_checkpointing_enable", None)
+        if enable is None:
+            raise UsageError(
+                f"--gradient_checkpointing: {type(self.model).__name__} does not support it (it has no "
+                "gradient_checkpointing_enable() method); drop the flag or add the method to the model"
+            )
+        if "gradient_checkpointing_kwargs" in inspect.signature(enable).parameters:
+            enable(gradient_checkpointing_kwargs=self.args.gradient_checkpointing_kwargs)
+        else:
+            enable()
+
+    def _activate_neftune(self, alpha: float) -> Any:
+        get_embeddings = getattr(unwrap_compiled(self.model), "get_input_embeddings", None)
+        if get_embeddings is None:
+            raise UsageError(
+                f"--neftune_noise_alpha: {type(self.model).__name__} has no get_input_embeddings(), so there is "
+                "no embedding layer to add noise to"
+            )
+        return get_embeddings().register_forward_hook(neftune_hook(alpha))
+
+    def call_model_init(self, trial: Any = None) -> nn.Module:
+        """Build a fresh model with ``model_init`` (which may take the trial as its only argument)."""
+        takes_trial = len(inspect.signature(self.model_init).parameters) == 1
+        model = self.model_init(trial) if takes_trial else self.model_init()
+        if model is None:
+            raise UsageError("model_init returned None; it must return the model")
+        return model
+
+    # -- optimizer and scheduler -----------------------------------------------------------------
+
+    def create_optimizer_and_scheduler(self, num_training_steps: int) -> None:
+        """Create the optimizer and the scheduler unless they were given to the constructor."""
+        self.create_optimizer()
+        self.create_scheduler(num_training_steps=num_training_steps, optimizer=self.optimizer)
+
+    def create_optimizer(self) -> torch.optim.Optimizer:
+        """The ``--optim`` optimizer, with weight decay on every parameter but biases and norms."""
+        if self.optimizer is None:
+            model = self.model
+            decay = set(self.get_decay_parameter_names(model))
+            trainable = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+            groups = [
+                {"params": [p for n, p in trainable if n in decay], "weight_decay": self.args.weight_decay},
+                {"params": [p for n, p in trainable if n not in decay], "weight_decay": 0.0},
+            ]
+            groups = [g for g in groups if g["params"]]
+            if not groups:
+                raise UsageError("the model has no trainable parameter (all have requires_grad=False)")
+            if self.optimizer_cls_and_kwargs is not None:
+                optimizer_cls, kwargs = self.optimizer_cls_and_kwargs
+            else:
+                optimizer_cls, kwargs = self.get_optimizer_cls_and_kwargs(self.args, model)
+            self.optimizer = optimizer_cls(groups, **kwargs)
+        return self.optimizer
+
+    @staticmethod
+    def get_optimizer_cls_and_kwargs(args: Any, model: Optional[nn.Module] = None) -> tuple[type, dict[str, Any]]:
+        """The optimizer class and keyword arguments that ``--optim`` (a registered name) stands for."""
+        factory = get_plugin_manager().resolve("optimizer", option_value(args.optim), args).load()
+        return factory(args, model)
+
+    def create_scheduler(self, num_training_steps: int, optimizer: Optional[torch.optim.Optimizer] = None) -> Any:
+        """The ``--lr_scheduler_type`` schedule over ``num_training_steps`` (with warmup)."""
+        if self.lr_scheduler is None:
+            factory = get_plugin_manager().resolve("scheduler", option_value(self.args.lr_scheduler_type), self.args).load()
+            kwargs = self.args.lr_scheduler_kwargs or {}
+            if isinstance(kwargs, str):
+                kwargs = json.loads(kwargs)
+            self.lr_scheduler = factory(
+                optimizer if optimizer is not None else self.optimizer,
+                num_warmup_steps=self.args.get_warmup_steps(num_training_steps),
+                num_training_steps=num_training_steps,
+                **kwargs,
+            )
+        return self.lr_scheduler
+
+    def get_decay_parameter_names(self, model: nn.Module) -> list[str]:
+        """Parameters that get weight decay: all but biases and the weights of normalisation layers."""
+        import re
+
+        norm_types: tuple[type, ...] = (nn.LayerNorm, nn.GroupNorm, nn.LocalResponseNorm, nn.modules.batchnorm._NormBase)
+        if hasattr(nn, "RMSNorm"):
+            norm_types += (nn.RMSNorm,)
+        norm_name = re.compile(r"layernorm|rmsnorm|(?:^|\.)norm(?:$|\.)|_norm(?:$|\.)")
+        names = []
+        for module_name, module in model.named_modules():
+            for param_name, _ in module.named_parameters(recurse=False):
+                full = f"{module_name}.{param_name}" if module_name else param_name
+                if isinstance(module, norm_types) or "bias" in param_name or norm_name.search(module_name.lower()):
+                    continue
+                names.append(full)
+        return names
+
+    def get_learning_rates(self) -> list[float]:
+        if self.optimizer is None:
+            raise UsageError("there is no optimizer yet: call train() or create_optimizer() first")
+        return [group["lr"] for group in self.optimizer.param_groups]
+
+    def _current_learning_rate(self) -> float:
+        return float(self.get_learning_rates()[0])
+
+    def get_num_trainable_parameters(self) -> int:
+        return sum(p.numel() for p in self.model.parameters() if p.requires_grad)
+
+    def get_total_train_batch_size(self, args: Any = None) -> int:
+        """Samples per optimizer step: per-device batch x accumulation x processes."""
+        args = args or self.args
+        return self._train_batch_size * args.gradient_accumulation_steps * self.strategy.world_size
+
+    # -- counting --------------------------------------------------------------------------------
+
+    def floating_point_ops(self, inputs: dict[str, Any]) -> int:
+        """FLOs of one forward + backward on ``inputs``: the model's own estimate, else 0."""
+        estimate = getattr(unwrap_compiled(self.model), "floating_point_ops", None)
+        return int(estimate(inputs)) if estimate is not None else 0
+
+    def _count_inputs(self, inputs: Any) -> None:
+        inputs = self._input_mapper(inputs)
+        if self._count_flos:
+            self.state.total_flos += float(self.floating_point_ops(inputs))
+        if self._token_mode == "no":
+            return
+        name = main_input_name(self.model, inputs)
+        tokens = inputs.get(name) if name else None
+        if not isinstance(tokens, torch.Tensor):
+            _warn_once("include_num_input_tokens_seen: the batches have no tensor input to count tokens of")
+            self._token_mode = "no"
+            return
+        if self._token_mode == "non_padding" and isinstance(inputs.get("attention_mask"), torch.Tensor):
+            self._pending_tokens = self._pending_tokens + inputs["attention_mask"].sum()
+        else:
+            self._pending_tokens = self._pending_tokens + tokens.numel()
+
+    def _sync_counters(self) -> None:
+        """Move the per-step counters kept on the device into ``state`` (before log / eval / save)."""
+        if isinstance(self._pending_tokens, torch.Tensor) or self._pending_tokens:
+            pending = torch.as_tensor(self._pending_tokens, device=self._device)
+            if self.strategy.world_size > 1:
+                pending = self.strategy.all_reduce(pending, op="sum")
+            self.state.num_input_tokens_seen += int(pending)
+            self._pending_tokens = 0
+
+    def num_examples(self, dataloader: Any) -> int:
+        """Samples in a dataloader's dataset (estimated from batches when it has no length)."""
+        dataset = getattr(dataloader, "dataset", None)
+        if has_length(dataset):
+            return len(dataset)
+        return len(dataloader) * (dataloader.batch_size or 1)
+
+    def num_tokens(self, train_dl: Any, max_steps: Optional[int] = None) -> int:
+        """Tokens in ``train_dl`` (reads it), or in its first ``max_steps`` steps."""
+        total = 0
+        limit = None if max_steps is None else max_steps * self.args.gradient_accumulation_steps
+        for batch in itertools.islice(train_dl, limit):
+            inputs = self._input_mapper(batch)
+            name = main_input_name(self.model, inputs)
+            if name is not None and isinstance(inputs[name], torch.Tensor):
+                total += inputs[name].numel()
+        return total
+
+    # =========================================================================================
+    # Callbacks and hooks
+    # =========================================================================================
+
+    def add_callback(self, callback: Any) -> None:
+        """Add a callback (an instance or a class to instantiate) to this run's hooks."""
+        if isinstance(callback, type):
+            callback = callback()
+        self._register_callback(callback, plugin_name(callback))
+        self._refresh_event_cache()
+
+    def _register_callback(self, callback: object, name: str) -> None:
+        plugin = as_hook_plugin(callback)
+        self.run_hooks.register(plugin, name=name)
+        self._callbacks.append((callback, plugin))
+
+    def pop_callback(self, callback: Any) -> Any:
+        """Remove a callback (an instance, or the first of a class) and return it; None if absent."""
+        for entry in self._callbacks:
+            registered = entry[0]
+            if registered is callback or (isinstance(callback, type) and isinstance(registered, callback)):
+                self.run_hooks.unregister(entry[1])
+                self._callbacks.remove(entry)
+                self._refresh_event_cache()
+                return registered
+        return None
+
+    def remove_callback(self, callback: Any) -> None:
+        """Remove a callback (an instance, or the first of a class)."""
+        self.pop_callback(callback)
+
+    @property
+    def callbacks(self) -> list[object]:
+        """The run's callbacks: reporters, hub, then the user's, in registration order."""
+        return [callback for callback, _ in self._callbacks]
+
+    def stateful_callbacks(self) -> list[object]:
+        """Callbacks whose state a checkpoint keeps (they implement ``state()``)."""
+        return [callback for callback, _ in self._callbacks if callable(getattr(callback, "state", None))]
+
+    def _refresh_event_cache(self) -> None:
+        """Remember which events have implementations, so the others cost nothing per step."""
+        self._event_hooks = {
+            event: f"treadle_on_{event}" if self.run_hooks.has_impls(event) else None for event in LIFECYCLE_EVENTS
+        }
+
+    def _event(self, event: str, **extra: Any) -> None:
+        hook = self._event_hooks[event]
+        if hook is not None:
+            self.run_hooks.call(hook, trainer=self, args=self.args, state=self.state, control=self.control, **extra)
+
+    # =========================================================================================
+    # Processes, logging and saving
+    # =========================================================================================
+
+    def is_world_process_zero(self) -> bool:
+        return self.strategy.is_global_zero
+
+    def is_local_process_zero(self) -> bool:
+        return self.strategy.is_local_zero
+
+    def log(self, logs: dict[str, float], start_time: Optional[float] = None) -> None:
+        """Record ``logs`` in the state's history and hand them to every reporter (``treadle_on_log``)."""
+        if self.state.epoch is not None:
+            logs["epoch"] = self.state.epoch
+        if self._token_mode_enabled():
+            logs["num_input_tokens_seen"] = self.state.num_input_tokens_seen
+        if start_time is not None:
+            logs.update(speed_metrics("train", start_time))
+        self.state.log_history.append({**logs, "step": self.state.global_step})
+        self._event("log", logs=logs)
+
+    def _token_mode_enabled(self) -> bool:
+        return getattr(self, "_token_mode", "no") != "no"
+
+    def log_metrics(self, split: str, metrics: dict[str, Any]) -> None:
+        """Print ``metrics`` as an aligned table (main process only)."""
+        if not self.is_world_process_zero():
+            return
+        formatted = metrics_format(metrics)
+        width = max((len(k) for k in formatted), default=0)
+        print(f"***** {split} metrics *****")
+        for key in sorted(formatted):
+            print(f"  {key:<{width}} = {formatted[key]:>9}")
+
+    def save_metrics(self, split: str, metrics: dict[str, Any], combined: bool = True) -> None:
+        """Write ``<split>_results.json`` (and merge into ``all_results.json``) in output_dir."""
+        if not self.is_world_process_zero():
+            return
+        os.makedirs(self.args.output_dir, exist_ok=True)
+        _write_json(os.path.join(self.args.output_dir, f"{split}_results.json"), metrics)
+        if combined:
+            path = os.path.join(self.args.output_dir, "all_results.json")
+            merged = {}
+            if os.path.exists(path):
+                with open(path, encoding="utf-8") as f:
+                    merged = json.load(f)
+            merged.update(metrics)
+            _write_json(path, merged)
+
+    def save_state(self) -> None:
+        """Write ``trainer_state.json`` in output_dir (main process only)."""
+        if not self.is_world_process_zero():
+            return
+        os.makedirs(self.args.output_dir, exist_ok=True)
+        self.state.stateful_callbacks = {type(c).__name__: c.state() for c in self.stateful_callbacks()}
+        self.state.save_to_json(os.path.join(self.args.output_dir, "trainer_state.json"))
+
+    def save_model(self, output_dir: Optional[str] = None, _internal_call: bool = False) -> None:
+        """Save the model's weights (safetensors) and config to ``output_dir`` (default: args.output_dir)."""
+        checkpoint = _checkpointing()
+        if checkpoint is None:
+            raise TreadleError("saving a model needs treadle.checkpoint, which this installation lacks")
+        checkpoint.save_model_files(self, output_dir or self.args.output_dir)
+
+    def push_to_hub(self, commit_message: str = "End of training", blocking: bool = True) -> Any:
+        """Save the model to output_dir and upload it with the run's hub plugin (``--push_to_hub``)."""
+        if self.hub is None:
+            raise UsageError("push_to_hub needs --push_to_hub and an installed hub plugin (pip install treadle-hub)")
+        self.save_model()
+        self._event("push_begin", checkpoint_dir=self.args.output_dir)
+        return self.hub.push(self.args.output_dir, commit_message=commit_message, blocking=blocking)
+
+
+# =============================================================================================
+# Helpers
+# =============================================================================================
+
+_CHECKPOINT_MODULE: Any = None
+
+
+def _checkpointing() -> Any:
+    """``treadle.checkpoint``, or None when this installation has no such module."""
+    global _CHECKPOINT_MODULE
+    if _CHECKPOINT_MODULE is None:
+        if importlib.util.find_spec("treadle.checkpoint") is None:
+            return None
+        _CHECKPOINT_MODULE = importlib.import_module("treadle.checkpoint")
+    return _CHECKPOINT_MODULE
+
+
+_WARNED: set[str] = set()
+
+
+def _warn_once(message: str) -> None:
+    if message not in _WARNED:
+        _WARNED.add(message)
+        logger.warning(message)
+
+
+def _apply_log_level(args: Any) -> None:
+    get_level = getattr(args, "get_process_log_level", None)
+    if get_level is None:
+        return
+    level = get_level()
+    if level is not None and level >= 0:
+        logger.setLevel(level)
+
+
+def _groups_of(iterator: Iterator[Any], size: int) -> Iterator[list[Any]]:
+    """Consecutive lists of ``size`` items (the last one may be shorter)."""
+    if size == 1:
+        for item in iterator:
+            yield [item]
+        return
+    while True:
+        group = list(itertools.islice(iterator, size))
+        if not group:
+            return
+        yield group
+
+
+def _is_plateau(scheduler: Any) -> bool:
+    return isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau)
+
+
+def _is_out_of_memory(exc: BaseException) -> bool:
+    if isinstance(exc, torch.OutOfMemoryError):
+        return True
+    message = str(exc)
+    return isinstance(exc, RuntimeError) and ("out of memory" in message or "can't allocate memory" in message)
+
+
+def _batch_size(inputs: dict[str, Any]) -> int:
+    for value in inputs.values():
+        if isinstance(value, torch.Tensor) and value.dim() > 0:
+            return value.shape[0]
+        if isinstance(value, (list, tuple)):
+            return len(value)
+    return 1
+
+
+def _detach(value: Any) -> Any:
+    if isinstance(value, torch.Tensor):
+        return value.detach()
+    if isinstance(value, (tuple, list)):
+        return type(value)(_detach(v) for v in value)
+    if isinstance(value, dict):
+        return {k: _detach(v) for k, v in value.items()}
+    return value
+
+
+def _truncate(value: Any, num_samples: int) -> Any:
+    """Cut padded samples off; per-batch lists (``eval_do_concat_batches false``) stay as they are."""
+    if value is None or isinstance(value, list):
+        return value
+    return truncate(value, num_samples)
+
+
+def _write_json(path: str, data: dict[str, Any]) -> None:
+    with open(path, "w", encoding="utf-8") as f:
+        json.dump(data, f, indent=2, sort_keys=True)
+        f.write("\n")
+
+
+__all__ = ["Trainer", "TrainingPlan", "EvalPrediction", "PredictionOutput", "TrainOutput"]
