@@ -96,6 +96,23 @@ def test_console_without_tqdm_keeps_the_lines(tmp_path, caplog, capsys):
     assert "it/s" not in capsys.readouterr().err
 
 
+def test_console_lines_show_by_default_whatever_level_treadle_logs_at(tmp_path, caplog):
+    """``passive``: the Trainer may pin the ``treadle`` logger at WARNING; the metrics still show."""
+    caplog.set_level(logging.DEBUG)
+    treadle_logger = logging.getLogger("treadle")
+    before = treadle_logger.level
+    treadle_logger.setLevel(logging.WARNING)
+    try:
+        args = TrainingArguments(str(tmp_path), disable_tqdm=True)
+        reporter = ConsoleReporter(args)
+        run = _Run(reporter, args, _state(global_step=3))
+        run("log", logs={"eval_samples_per_second": 92759.31, "learning_rate": 8.3071e-05})
+        reporter.finish()
+    finally:
+        treadle_logger.setLevel(before)
+    assert _console_lines(caplog) == ["step 3/10  eval_samples_per_second 92759  learning_rate 8.307e-05"]
+
+
 class _Unprintable:
     def __str__(self):
         raise AssertionError("formatted although nothing shows it")

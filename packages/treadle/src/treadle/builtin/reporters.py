@@ -26,7 +26,7 @@ _HIDDEN_ON_CONSOLE = frozenset({"total_flos"})
 
 def _format_value(value: Any) -> str:
     if isinstance(value, float):
-        return f"{value:.4g}"
+        return f"{value:.0f}" if abs(value) >= 1e4 else f"{value:.4g}"  # throughputs in full, not 9.276e+04
     return str(value)
 
 
@@ -54,17 +54,16 @@ class _TqdmStderrHandler(logging.Handler):
             self.handleError(record)
 
 
-def _console_level(args: Any) -> int:
+def _console_level(args: Any, own_level: int) -> int:
     """The level for the console lines: ``log_level`` (or ``log_level_replica``) when set.
 
-    With ``passive`` it is the level someone configured on the ``treadle`` logger, else INFO,
-    so a plain ``treadle train`` shows its metrics.
+    With ``passive`` it is whatever was configured on the ``treadle.console`` logger itself, else
+    INFO, so a plain ``treadle train`` shows its metrics whatever level the rest of treadle logs at.
     """
     chosen = args.log_level if args.should_log else args.log_level_replica
     if chosen != "passive":
         return args.get_process_log_level()
-    configured = logging.getLogger("treadle").level
-    return configured if configured != logging.NOTSET else logging.INFO
+    return own_level if own_level != logging.NOTSET else logging.INFO
 
 
 class ConsoleReporter(Reporter):
@@ -93,13 +92,14 @@ class ConsoleReporter(Reporter):
         self._state = state
         if self._saved_level is None:
             self._saved_level = self.logger.level
-        self.logger.setLevel(_console_level(args))
+        self.logger.setLevel(_console_level(args, self._saved_level))
         if self._handler is None and not _has_handler(CONSOLE_LOGGER):
             self._handler = _TqdmStderrHandler()
             self._handler.setFormatter(logging.Formatter("%(message)s"))
             self.logger.addHandler(self._handler)
 
     def log(self, logs: dict[str, float], step: int) -> None:
+        self._close_eval_bar()  # metrics are logged once an evaluation is over
         if self._train_bar is not None and "loss" in logs:
             self._train_bar.set_postfix_str(f"loss {_format_value(logs['loss'])}", refresh=False)
         max_steps = getattr(self._state, "max_steps", 0) if self._state is not None else 0
