@@ -325,3 +325,13 @@ def test_layerwise_refuses_gradient_accumulation(tmp_path, monkeypatch):
     args = _args(tmp_path, optim_target_modules=["all-linear"], gradient_accumulation_steps=2)
     with pytest.raises(UsageError, match="gradient_accumulation_steps must be 1"):
         optimizers.galore_adamw_layerwise(args, _model())
+
+
+def test_env_report_says_which_optimizer_libraries_are_installed():
+    lines = dict(hooks.treadle_report_env())
+    report = lines["optimizer libraries"]
+    for requires, _ in hooks.LIBRARY_OPTIMIZERS.values():
+        for module in requires:
+            assert module in report
+    if importlib.util.find_spec("bitsandbytes") is None:
+        assert "bitsandbytes" in report.split("not installed:")[1]

@@ -174,4 +174,21 @@ def treadle_report_env() -> list[tuple[str, str]]:
         lines.append(("torch threads", str(torch.get_num_threads())))
     except ImportError as exc:
         lines.append(("torch", f"not importable: {exc}"))
+    lines.append(("optimizer libraries", _optimizer_libraries()))
     return lines
+
+
+def _optimizer_libraries() -> str:
+    """Which of the libraries behind the ``--optim`` names are installed (found, not imported)."""
+    import importlib.util
+
+    modules = sorted({module for requires, _ in LIBRARY_OPTIMIZERS.values() for module in requires})
+    found = []
+    for module in modules:
+        try:
+            found.append(importlib.util.find_spec(module) is not None)
+        except (ImportError, ValueError):
+            found.append(False)
+    installed = [m for m, ok in zip(modules, found) if ok]
+    missing = [m for m, ok in zip(modules, found) if not ok]
+    return f"installed: {', '.join(installed) or 'none'}; not installed: {', '.join(missing) or 'none'}"
