@@ -1,0 +1,279 @@
+"""``treadle verify-resume``: prove that stopping and resuming changes nothing.
+
+Runs the same training twice in a temporary directory: once straight to ``max_steps``, once
+stopped after ``stop_at`` optimizer steps (with a checkpoint) and resumed in a fresh Trainer
+until ``max_steps``. A recorder registered with each Trainer writes down, after every optimizer
+step, a fingerprint of the batches the step consumed, the loss, the learning rate, the RNG
+states and the optimizer state, and the comparison names the first step and quantity that
+differ, or says the runs are identical (final weights compared bit for bit).
+
+Plugin authors can call ``verify_resume(args, stop_at)`` in their tests to check that their
+backend, precision or strategy resumes exactly.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Optional, Sequence, Union
+
+from treadle.errors import UsageError
+from treadle.markers import hookimpl
+
+COMPARED = ("batch", "loss", "learning_rate", "rng", "optimizer", "weights")
+"""What is compared after each step, in the order a difference is looked for (causes first)."""
+
+
+@dataclass
+class StepRecord:
+    """What one optimizer step consumed and left behind (fingerprints are sha256 prefixes)."""
+
+    step: int
+    batch: str
+    loss: float
+    learning_rate: float
+    rng: str
+    optimizer: str
+    weights: str
+
+
+@dataclass
+class ResumeReport:
+    """The outcome of ``verify_resume``: ``identical``, or where the runs first differ."""
+
+    max_steps: int
+    stop_at: int
+    straight: list[StepRecord] = field(default_factory=list)
+    resumed: list[StepRecord] = field(default_factory=list)
+    first_difference: Optional[str] = None
+    step: Optional[int] = None
+    quantity: Optional[str] = None
+
+    @property
+    def identical(self) -> bool:
+        return self.first_difference is None
+
+    def __str__(self) -> str:
+        if self.identical:
+            return (
+                f"identical: {self.max_steps} steps straight and {self.stop_at} + resume + "
+                f"{self.max_steps - self.stop_at} agree on every batch, loss, learning rate, RNG state, "
+                "optimizer state and the final weights"
+            )
+        return f"different: {self.first_difference}"
+
+
+def fingerprint(tree: Any) -> str:
+    """A short hash of a nested structure of tensors, arrays and plain values (bit-exact)."""
+    from treadle.serialization import split_tensors
+
+    encoded, tensors = split_tensors(tree, where="fingerprint")
+    digest = hashlib.sha256(json.dumps(encoded, sort_keys=True).encode())
+    for key in sorted(tensors):
+        tensor = tensors[key].contiguous()
+        digest.update(f"{key}|{tensor.dtype}|{tuple(tensor.shape)}|".encode())
+        digest.update(tensor.reshape(-1).view(_byte_view_dtype(tensor)).numpy().tobytes())
+    return digest.hexdigest()[:16]
+
+
+def _byte_view_dtype(tensor: Any) -> Any:
+    import torch
+
+    return torch.uint8 if tensor.dtype != torch.bool else torch.bool
+
+
+class StepRecorder:
+    """A hook object that records a ``StepRecord`` at the end of every optimizer step.
+
+    The batches come from ``note_batch``, which the recording Trainer calls from
+    ``training_step`` for every micro-batch.
+    """
+
+    def __init__(self) -> None:
+        self.records: list[StepRecord] = []
+        self._batches: list[str] = []
+        self._losses: list[float] = []
+
+    def note_batch(self, inputs: Any, loss: Any) -> None:
+        self._batches.append(fingerprint(inputs))
+        self._losses.append(float(loss))
+
+    @hookimpl
+    def treadle_on_step_end(self, trainer: Any, state: Any) -> None:
+        from treadle.checkpoint import capture_rng_state
+
+        optimizer = trainer.optimizer
+        self.records.append(
+            StepRecord(
+                step=state.global_step,
+                batch=fingerprint(self._batches),
+                loss=sum(self._losses),
+                learning_rate=float(optimizer.param_groups[0]["lr"]),
+                rng=fingerprint(capture_rng_state(trainer)),
+                optimizer=fingerprint(trainer.strategy.optimizer_state_dict(optimizer)),
+                weights=fingerprint(trainer.strategy.model_state_dict(trainer.model)),
+            )
+        )
+        self._batches, self._losses = [], []
+
+
+class StopAt:
+    """A hook object that saves a checkpoint and stops training after step ``step``."""
+
+    def __init__(self, step: int) -> None:
+        self.step = step
+
+    @hookimpl(trylast=True)
+    def treadle_on_step_end(self, state: Any, control: Any) -> None:
+        if state.global_step == self.step:
+            control.should_save = True
+            control.should_training_stop = True
+
+
+def recording_trainer_class(base: type, recorder: StepRecorder) -> type:
+    """A subclass of ``base`` whose ``training_step`` reports each micro-batch to ``recorder``."""
+
+    class RecordingTrainer(base):  # type: ignore[misc, valid-type]
+        def training_step(self, model: Any, inputs: Any, *args: Any, **kwargs: Any) -> Any:
+            loss = super().training_step(model, inputs, *args, **kwargs)
+            recorder.note_batch(inputs, loss)
+            return loss
+
+    return RecordingTrainer
+
+
+def verify_resume(
+    args: Any,
+    stop_at: int,
+    task: Union[str, Callable[[Any], Any], None] = None,
+    *,
+    trainer_cls: Optional[type] = None,
+    workdir: Union[str, Path, None] = None,
+) -> ResumeReport:
+    """Train ``args.max_steps`` steps straight, and ``stop_at`` + resume + the rest; compare.
+
+    ``task`` is a task name, a ``module:function`` string or a function ``(args) -> TaskParts``
+    (default: ``args.task``). ``args.output_dir`` is not touched: both runs write under
+    ``workdir`` (a temporary directory by default, removed afterwards).
+    """
+    max_steps = int(getattr(args, "max_steps", -1) or -1)
+    if max_steps <= 0:
+        raise UsageError("verify-resume needs --max_steps N (the length of the straight run)")
+    if not 0 < stop_at < max_steps:
+        raise UsageError(f"--stop_at must be between 1 and max_steps - 1 = {max_steps - 1}, got {stop_at}")
+    build = _task_builder(task if task is not None else getattr(args, "task", "demo"), args)
+    if workdir is not None:
+        return _compare_runs(args, stop_at, build, Path(workdir), trainer_cls)
+    with tempfile.TemporaryDirectory(prefix="treadle-verify-resume-") as tmp:
+        return _compare_runs(args, stop_at, build, Path(tmp), trainer_cls)
+
+
+def _compare_runs(args: Any, stop_at: int, build: Callable, root: Path, trainer_cls: Optional[type]) -> ResumeReport:
+    straight_args = _args_for(args, root / "straight")
+    straight, straight_weights = _train(straight_args, build, trainer_cls, resume=None, stop_at=None)
+
+    resumed_args = _args_for(args, root / "resumed")
+    first_leg, _ = _train(resumed_args, build, trainer_cls, resume=None, stop_at=stop_at)
+    checkpoint = Path(resumed_args.output_dir) / f"checkpoint-{stop_at}"
+    second_leg, resumed_weights = _train(resumed_args, build, trainer_cls, resume=str(checkpoint), stop_at=None)
+
+    report = ResumeReport(max_steps=args.max_steps, stop_at=stop_at, straight=straight, resumed=first_leg + second_leg)
+    _find_first_difference(report, straight_weights, resumed_weights)
+    return report
+
+
+def _args_for(args: Any, output_dir: Path) -> Any:
+    clone = copy.deepcopy(args)
+    clone.output_dir = str(output_dir)
+    clone.resume_from_checkpoint = None
+    clone.overwrite_output_dir = True
+    return clone
+
+
+def _train(args: Any, build: Callable, trainer_cls: Optional[type], *, resume: Optional[str], stop_at: Optional[int]):
+    from treadle.randomness import seed_from_args
+    from treadle.trainer import Trainer
+
+    seed_from_args(args)  # the model is built before the Trainer exists: seed it as a run would
+    parts = build(args)
+    recorder = StepRecorder()
+    callbacks = list(parts.callbacks or []) + [recorder] + ([StopAt(stop_at)] if stop_at else [])
+    cls = recording_trainer_class(trainer_cls or Trainer, recorder)
+    trainer = cls(
+        model=parts.model,
+        args=args,
+        data_collator=parts.data_collator,
+        train_dataset=parts.train_dataset,
+        eval_dataset=parts.eval_dataset,
+        compute_metrics=parts.compute_metrics,
+        model_init=parts.model_init,
+        preprocess_logits_for_metrics=parts.preprocess_logits_for_metrics,
+        callbacks=callbacks,
+    )
+    trainer.train(resume_from_checkpoint=resume)
+    weights = {k: v.detach().cpu().clone() for k, v in trainer.strategy.model_state_dict(trainer.model).items()}
+    return recorder.records, weights
+
+
+def _task_builder(task: Union[str, Callable[[Any], Any]], args: Any) -> Callable[[Any], Any]:
+    if callable(task):
+        return task
+    from treadle.plugins import get_plugin_manager
+
+    return get_plugin_manager().resolve("task", task, args).load()
+
+
+def _find_first_difference(report: ResumeReport, straight_weights: dict, resumed_weights: dict) -> None:
+    by_step = {r.step: r for r in report.resumed}
+    for expected in report.straight:
+        got = by_step.get(expected.step)
+        where = "before the stop" if expected.step <= report.stop_at else "after the resume"
+        if got is None:
+            report.step, report.quantity = expected.step, "step"
+            report.first_difference = f"step {expected.step} ({where}) was never run by the stopped-and-resumed run"
+            return
+        for quantity in COMPARED:
+            a, b = getattr(expected, quantity), getattr(got, quantity)
+            if a != b:
+                report.step, report.quantity = expected.step, quantity
+                hint = " (training is not deterministic even without a resume)" if expected.step <= report.stop_at else ""
+                report.first_difference = f"step {expected.step} ({where}): {quantity} differs: straight {a}, resumed {b}{hint}"
+                return
+    extra = sorted(set(by_step) - {r.step for r in report.straight})
+    if extra:
+        report.step, report.quantity = extra[0], "step"
+        report.first_difference = f"the resumed run ran step {extra[0]}, which the straight run never reached"
+        return
+    _compare_weights(report, straight_weights, resumed_weights)
+
+
+def _compare_weights(report: ResumeReport, straight: dict, resumed: dict) -> None:
+    import torch
+
+    for name in sorted(set(straight) | set(resumed)):
+        a, b = straight.get(name), resumed.get(name)
+        if a is None or b is None or a.dtype != b.dtype or a.shape != b.shape or not torch.equal(a, b):
+            detail = ""
+            if a is not None and b is not None and a.shape == b.shape and a.is_floating_point():
+                detail = f" (max abs difference {float((a.double() - b.double()).abs().max()):.3g})"
+            report.quantity = "weights"
+            report.first_difference = f"final weights differ in {name!r}{detail}"
+            return
+
+
+def run_cli(args: Any, stop_at: int) -> int:
+    """``treadle verify-resume``: print the report; exit 0 when identical, 1 otherwise."""
+    report = verify_resume(args, stop_at)
+    print(report)
+    return 0 if report.identical else 1
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """``treadle verify-resume [train arguments] --stop_at N`` as a function of argv."""
+    from treadle.cli import main as cli_main
+
+    return cli_main(["verify-resume", *(argv or [])])
