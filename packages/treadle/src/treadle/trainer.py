@@ -164,6 +164,7 @@ class Trainer:
         self.eval_dataloader: Any = None
         self.hub: Any = None
 
+        self._configure_step()
         self.run_hooks = RunHooks()
         self._callbacks: list[tuple[object, object]] = []
         self._register_run_plugins(callbacks or [])
@@ -244,7 +245,7 @@ class Trainer:
         model = self._setup_model()
         self.create_optimizer_and_scheduler(num_training_steps=plan.max_steps)
         self.optimizer = self.strategy.setup_optimizer(self.optimizer)
-        self._configure_step(model)
+        self._configure_step()
 
         if resume_from_checkpoint not in (None, False):
             self._resume(resume_from_checkpoint, plan)
@@ -296,7 +297,7 @@ class Trainer:
         state.set_intervals(self.args, plan.max_steps)
         return state
 
-    def _configure_step(self, model: nn.Module) -> None:
+    def _configure_step(self) -> None:
         """Decide once what each optimizer step must do, so the step itself only branches on flags."""
         args = self.args
         self._loss_window = LossWindow(filter_non_finite=bool(args.logging_nan_inf_filter))

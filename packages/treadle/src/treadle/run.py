@@ -1,0 +1,134 @@
+"""What ``treadle train | evaluate | predict`` do once the arguments are parsed.
+
+The task named by ``--task`` builds the model and data (``TaskParts``); a Trainer runs the
+command; the results land in ``output_dir`` (final model, ``<split>_results.json``,
+``trainer_state.json``, ``predictions.npy``) and a short summary is printed.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Optional
+
+from treadle.components import TaskParts
+from treadle.errors import UsageError
+from treadle.plugins import get_plugin_manager
+
+COMMANDS = ("train", "evaluate", "predict")
+
+
+def build_task(args: Any) -> TaskParts:
+    """Resolve ``--task`` through the plugin registries and build its parts."""
+    build = get_plugin_manager().resolve("task", args.task, args).load()
+    parts = build(args)
+    if not isinstance(parts, TaskParts):
+        raise UsageError(f"task {args.task!r} returned {type(parts).__name__}; a task must return treadle.TaskParts")
+    if parts.model is None and parts.model_init is None:
+        raise UsageError(f"task {args.task!r} returned no model (set TaskParts.model or TaskParts.model_init)")
+    return parts
+
+
+def make_trainer(args: Any, parts: TaskParts) -> Any:
+    from treadle.trainer import Trainer
+
+    return Trainer(
+        model=parts.model,
+        args=args,
+        data_collator=parts.data_collator,
+        train_dataset=parts.train_dataset,
+        eval_dataset=parts.eval_dataset,
+        model_init=parts.model_init,
+        compute_metrics=parts.compute_metrics,
+        preprocess_logits_for_metrics=parts.preprocess_logits_for_metrics,
+        callbacks=parts.callbacks,
+    )
+
+
+def run_command(command: str, args: Any) -> int:
+    """Run ``train``, ``evaluate`` or ``predict`` for ``args``; returns the exit status."""
+    if command not in COMMANDS:
+        raise UsageError(f"unknown command {command!r}; expected one of {', '.join(COMMANDS)}")
+    parts = build_task(args)
+    trainer = make_trainer(args, parts)
+    summary = {"train": _train, "evaluate": _evaluate, "predict": _predict}[command](trainer, args, parts)
+    if trainer.is_world_process_zero():
+        print(summary)
+    return 0
+
+
+def _train(trainer: Any, args: Any, parts: TaskParts) -> str:
+    result = trainer.train(resume_from_checkpoint=args.resume_from_checkpoint)
+    trainer.save_model()
+    trainer.log_metrics("train", result.metrics)
+    trainer.save_metrics("train", result.metrics)
+    trainer.save_state()
+    lines = [
+        f"trained {result.global_step} steps in {result.metrics.get('train_runtime', 0):.1f}s; "
+        f"train_loss {result.training_loss:.4f}"
+    ]
+    if parts.eval_dataset is not None and args.do_eval:
+        metrics = trainer.evaluate()
+        trainer.log_metrics("eval", metrics)
+        trainer.save_metrics("eval", metrics)
+        lines.append("evaluation: " + _headline(metrics, "eval"))
+    lines.append(f"model and metrics saved in {os.path.abspath(args.output_dir)}")
+    return "\n".join(lines)
+
+
+def _evaluate(trainer: Any, args: Any, parts: TaskParts) -> str:
+    if parts.eval_dataset is None:
+        raise UsageError(f"task {args.task!r} has no evaluation dataset")
+    source = _load_trained_weights(trainer, args)
+    metrics = trainer.evaluate()
+    trainer.log_metrics("eval", metrics)
+    trainer.save_metrics("eval", metrics)
+    return f"evaluated {source}: {_headline(metrics, 'eval')}\nmetrics saved in {os.path.abspath(args.output_dir)}"
+
+
+def _predict(trainer: Any, args: Any, parts: TaskParts) -> str:
+    dataset = parts.test_dataset if parts.test_dataset is not None else parts.eval_dataset
+    if dataset is None:
+        raise UsageError(f"task {args.task!r} has no test or evaluation dataset to predict on")
+    source = _load_trained_weights(trainer, args)
+    output = trainer.predict(dataset)
+    trainer.log_metrics("test", output.metrics)
+    trainer.save_metrics("test", output.metrics)
+    where = _save_predictions(trainer, args, output.predictions)
+    return f"predicted with {source}: {_headline(output.metrics, 'test')}\n" + (
+        f"predictions saved in {where}" if where else "the model returned no predictions to save"
+    )
+
+
+def _load_trained_weights(trainer: Any, args: Any) -> str:
+    """Weights for evaluate / predict: --resume_from_checkpoint, else the model saved in output_dir."""
+    from treadle import checkpoint
+    from treadle.model_files import WEIGHTS_NAME, read_weights
+
+    directory: Optional[Path] = None
+    if args.resume_from_checkpoint:
+        directory = checkpoint.resolve_resume_checkpoint(args.resume_from_checkpoint, args.output_dir)
+    elif (Path(args.output_dir) / WEIGHTS_NAME).is_file():
+        directory = Path(args.output_dir)
+    if directory is None:
+        return "the untrained model (no --resume_from_checkpoint and no saved model in output_dir)"
+    trainer.strategy.load_model_state_dict(trainer.model, read_weights(directory / WEIGHTS_NAME))
+    return f"the model in {directory}"
+
+
+def _save_predictions(trainer: Any, args: Any, predictions: Any) -> Optional[str]:
+    import numpy as np
+
+    if predictions is None or not trainer.is_world_process_zero():
+        return None
+    os.makedirs(args.output_dir, exist_ok=True)
+    path = os.path.join(args.output_dir, "predictions.npy")
+    arrays = predictions if isinstance(predictions, (tuple, list)) else (predictions,)
+    np.save(path, np.asarray(arrays[0]), allow_pickle=False)
+    return path
+
+
+def _headline(metrics: dict[str, Any], prefix: str) -> str:
+    skipped = {f"{prefix}_runtime", f"{prefix}_samples_per_second", f"{prefix}_steps_per_second", "epoch"}
+    shown = [f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in metrics.items() if k not in skipped]
+    return ", ".join(shown) or "no metrics"
