@@ -382,7 +382,7 @@ def _is_sequence(value: Any) -> bool:
 
 
 class RemoveColumnsCollator:
-    """Drop the keys of dict samples that the model's ``forward`` does not accept, then collate."""
+    """Drop the keys of dict samples (and of the batch) that the model's ``forward`` does not accept."""
 
     def __init__(self, collator: Callable[[list[Any]], Any], keep: set[str], description: str = "") -> None:
         self.collator = collator
@@ -395,7 +395,10 @@ class RemoveColumnsCollator:
             if not self._checked:
                 self._check(features[0])
             features = [{k: v for k, v in f.items() if k in self.keep} for f in features]
-        return self.collator(features)
+        batch = self.collator(features)
+        if isinstance(batch, dict) and not self.keep.issuperset(batch):
+            batch = {k: v for k, v in batch.items() if k in self.keep}  # e.g. a mask the collator added
+        return batch
 
     def _check(self, sample: Mapping[str, Any]) -> None:
         self._checked = True
