@@ -1,0 +1,111 @@
+"""Exact resume through the real Trainer: stop anywhere, resume, get the same bits.
+
+Each case runs ``verify_resume`` (straight run vs stop + resume) on a tiny task with dropout,
+so a resume that loses the RNG state, the data position, the optimizer or the scheduler shows
+up as a named difference at the first step after the stop.
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from resume_task import Net, Samples
+
+from treadle import checkpoint
+from treadle.args import TrainingArguments
+from treadle.callbacks import EarlyStoppingCallback
+from treadle.components import TaskParts
+from treadle.trainer import Trainer
+from treadle.verify_resume import verify_resume
+
+NUM_SAMPLES = 100  # batch 8: 13 micro-batches per epoch, the last one short
+
+
+def build_task(args) -> TaskParts:
+    return TaskParts(model=Net(), train_dataset=Samples(NUM_SAMPLES), eval_dataset=Samples(24))
+
+
+def make_args(output_dir, **overrides) -> TrainingArguments:
+    values = dict(
+        output_dir=str(output_dir), max_steps=30, per_device_train_batch_size=8, learning_rate=1e-2,
+        lr_scheduler_type="cosine", warmup_steps=3, seed=3, report_to=["none"], disable_tqdm=True,
+        save_strategy="no", logging_steps=5,
+    )
+    values.update(overrides)
+    return TrainingArguments(**values)
+
+
+CASES = {
+    "mid-epoch": ({}, 5),
+    "epoch boundary": ({}, 13),
+    "gradient accumulation, mid-epoch": ({"gradient_accumulation_steps": 3}, 7),
+    "gradient accumulation, epoch boundary": ({"gradient_accumulation_steps": 3}, 5),
+    "dataloader workers": ({"dataloader_num_workers": 2, "max_steps": 16}, 9),
+    "eval, clipping, best checkpoint, rotation": (
+        {"eval_strategy": "steps", "eval_steps": 4, "save_strategy": "steps", "save_steps": 4, "save_total_limit": 1,
+         "load_best_model_at_end": True, "metric_for_best_model": "loss", "max_grad_norm": 0.5}, 10),
+    "sgd with momentum, linear schedule": ({"optim": "sgd", "optim_args": "momentum=0.9", "lr_scheduler_type": "linear"}, 11),
+    "adafactor": ({"optim": "adafactor", "learning_rate": 1e-3}, 4),
+}
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_resume_is_exact(tmp_path, case):
+    overrides, stop_at = CASES[case]
+    report = verify_resume(make_args(tmp_path / "unused", **overrides), stop_at, task=build_task, workdir=tmp_path)
+    assert report.identical, str(report)
+    assert [r.step for r in report.straight] == list(range(1, report.max_steps + 1))
+    assert [r.step for r in report.resumed] == [r.step for r in report.straight]
+
+
+def test_a_resume_that_skips_no_data_is_reported_at_the_first_step(tmp_path):
+    report = verify_resume(make_args(tmp_path / "unused", ignore_data_skip=True), 6, task=build_task, workdir=tmp_path)
+    assert not report.identical
+    assert (report.step, report.quantity) == (7, "batch")
+    assert "step 7 (after the resume): batch differs" in str(report)
+
+
+def test_a_resume_that_loses_the_rng_is_reported(tmp_path, monkeypatch):
+    monkeypatch.setattr(checkpoint, "_restore_rng_state", lambda trainer, state: None)
+    report = verify_resume(make_args(tmp_path / "unused"), 6, task=build_task, workdir=tmp_path)
+    assert not report.identical
+    assert report.step == 7 and report.quantity in ("loss", "rng"), str(report)
+
+
+def _train(output_dir, dataset=None, callbacks=None, resume=None, **overrides):
+    torch.manual_seed(0)
+    args = make_args(output_dir, **overrides)
+    trainer = Trainer(model=Net(), args=args, train_dataset=dataset or Samples(NUM_SAMPLES), eval_dataset=Samples(24),
+                      callbacks=callbacks)
+    trainer.train(resume_from_checkpoint=resume)
+    return trainer
+
+
+def test_resume_does_not_load_the_skipped_batches(tmp_path):
+    _train(tmp_path, max_steps=12, save_strategy="steps", save_steps=12)
+    dataset = Samples(NUM_SAMPLES)
+    trainer = _train(tmp_path, dataset=dataset, max_steps=14, resume=True)
+    assert trainer.state.global_step == 14
+    # step 12 ended 12 batches into epoch 0 (13 batches); steps 13-14 read batch 12 (4 items) and one of epoch 1
+    assert dataset.loaded == 4 + 8
+
+
+def test_callback_states_are_restored_only_when_asked(tmp_path):
+    watch = dict(eval_strategy="steps", eval_steps=2, metric_for_best_model="loss", save_strategy="steps",
+                 save_steps=6, max_steps=6)
+    first = EarlyStoppingCallback(early_stopping_patience=100)
+    _train(tmp_path, callbacks=[first], **watch)
+    saved = json.loads((tmp_path / "checkpoint-6" / "trainer_state.json").read_text())["stateful_callbacks"]
+    assert saved["EarlyStoppingCallback"]["attributes"]["best_metric"] == first.best_metric
+
+    untouched = EarlyStoppingCallback(early_stopping_patience=100)
+    _train(tmp_path, callbacks=[untouched], resume=str(tmp_path / "checkpoint-6"), **watch)
+    assert untouched.best_metric is None
+
+    restored = EarlyStoppingCallback(early_stopping_patience=100)
+    _train(tmp_path, callbacks=[restored], resume=str(tmp_path / "checkpoint-6"),
+           restore_callback_states_from_checkpoint=True, **watch)
+    assert restored.best_metric == first.best_metric
+    assert restored.early_stopping_patience_counter == first.early_stopping_patience_counter
