@@ -242,10 +242,9 @@ def capture_rng_state(trainer: Any) -> dict[str, Any]:
 
 def _write_manifest(directory: Path, step: int, kind: str, world_size: int) -> None:
     """Hash and fsync every file in ``directory``, then write the manifest and fsync the dir."""
-    files = {}
-    for path in sorted(p for p in directory.iterdir() if p.is_file()):
-        files[path.name] = {"size": path.stat().st_size, "sha256": _sha256(path)}
-        fsync_path(path)
+    paths = sorted(p for p in directory.iterdir() if p.is_file())
+    digests = _map_files(lambda path: _sha256(path, fsync=True), paths)
+    files = {path.name: {"size": path.stat().st_size, "sha256": digest} for path, digest in zip(paths, digests)}
     manifest = {
         "format": MANIFEST_FORMAT,
         "version": MANIFEST_VERSION,
@@ -354,8 +353,7 @@ def verify_checkpoint(path: Union[str, os.PathLike]) -> dict[str, Any]:
     signature = _signature(directory, manifest)
     if _verified.get(str(directory.resolve())) == signature:
         return manifest
-    for name, entry in manifest["files"].items():
-        _check_file(directory, name, entry)
+    _map_files(lambda item: _check_file(directory, *item), list(manifest["files"].items()))
     _verified[str(directory.resolve())] = signature
     return manifest
 
@@ -412,12 +410,25 @@ def _signature(directory: Path, manifest: Mapping[str, Any]) -> tuple:
     return tuple(stats)
 
 
-def _sha256(path: Path) -> str:
+def _sha256(path: Path, *, fsync: bool = False) -> str:
+    """The file's sha256; with ``fsync``, also force its data to disk."""
     digest = hashlib.sha256()
     with open(path, "rb") as fh:
         while chunk := fh.read(_HASH_CHUNK):
             digest.update(chunk)
+        if fsync:
+            os.fsync(fh.fileno())
     return digest.hexdigest()
+
+
+def _map_files(work: Any, paths: list[Any]) -> list[Any]:
+    """``[work(p) for p in paths]`` on a few threads (hashing and fsync release the GIL), in order."""
+    if len(paths) < 2:
+        return [work(p) for p in paths]
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(max_workers=min(4, os.cpu_count() or 1, len(paths))) as pool:
+        return list(pool.map(work, paths))
 
 
 def _manifest_file(directory: Path, manifest: Mapping[str, Any], name: str) -> Path:

@@ -14,7 +14,7 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Mapping
 
-from treadle.serialization import UnsupportedStateError, fsync_path, unshare_tensors, write_bytes_durably
+from treadle.serialization import UnsupportedStateError, fsync_path, unshare_tensors
 
 if TYPE_CHECKING:
     import torch
@@ -27,7 +27,7 @@ TIED_METADATA_KEY = "treadle_tied"
 
 
 def write_weights(path: Path, state_dict: Mapping[str, Any]) -> None:
-    """Write a model state dict to ``path`` as safetensors, tied tensors stored once; fsynced."""
+    """Write a model state dict to ``path`` as safetensors, tied tensors stored once."""
     from safetensors.torch import save_file
 
     tensors, tied = _dedupe_tied(state_dict)
@@ -35,7 +35,6 @@ def write_weights(path: Path, state_dict: Mapping[str, Any]) -> None:
     if tied:
         metadata[TIED_METADATA_KEY] = json.dumps(tied, sort_keys=True)
     save_file(unshare_tensors(tensors), str(path), metadata=metadata)
-    fsync_path(path)
 
 
 def read_weights(path: Path) -> dict[str, torch.Tensor]:
@@ -55,15 +54,15 @@ def write_model_files(directory: Path, model: Any, state_dict: Mapping[str, Any]
     """Write weights, the model's config (when it has one) and ``training_args.json``.
 
     ``model`` is the unwrapped user model; ``state_dict`` its full weights. Returns the file
-    names written. Every file is fsynced; the caller makes the directory itself durable.
+    names written; making them durable (fsync) is the caller's business.
     """
     write_weights(directory / WEIGHTS_NAME, state_dict)
     written = [WEIGHTS_NAME]
     for name, text in _config_texts(model).items():
-        write_bytes_durably(directory / name, text.encode("utf-8"))
+        (directory / name).write_text(text, encoding="utf-8")
         written.append(name)
     if args is not None and hasattr(args, "to_json_string"):
-        write_bytes_durably(directory / TRAINING_ARGS_NAME, args.to_json_string().encode("utf-8"))
+        (directory / TRAINING_ARGS_NAME).write_text(args.to_json_string(), encoding="utf-8")
         written.append(TRAINING_ARGS_NAME)
     return written
 
@@ -81,6 +80,8 @@ def replace_files_atomically(directory: Path, write: Any) -> list[str]:
     staging = Path(tempfile.mkdtemp(prefix=".incomplete-model-", dir=directory))
     try:
         names = write(staging)
+        for name in names:
+            fsync_path(staging / name)
         for name in names:
             os.replace(staging / name, directory / name)
         fsync_path(directory)

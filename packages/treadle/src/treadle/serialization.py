@@ -186,7 +186,8 @@ def dump_json(obj: Any) -> bytes:
 def save_state_files(directory: Path, stem: str, tree: Any, *, where: str, metadata: dict[str, str] | None = None) -> list[str]:
     """Write ``<stem>.json`` and, when the tree holds tensors, ``<stem>.safetensors``.
 
-    Returns the names of the files written (each fsynced).
+    Returns the names of the files written. They are not fsynced: the caller makes the whole
+    directory durable at once (see ``treadle.checkpoint``).
     """
     from safetensors.torch import save_file
 
@@ -194,9 +195,8 @@ def save_state_files(directory: Path, stem: str, tree: Any, *, where: str, metad
     written = []
     if tensors:
         save_file(tensors, str(directory / f"{stem}.safetensors"), metadata=metadata)
-        fsync_path(directory / f"{stem}.safetensors")
         written.append(f"{stem}.safetensors")
-    write_bytes_durably(directory / f"{stem}.json", dump_json({"tree": encoded}))
+    (directory / f"{stem}.json").write_bytes(dump_json({"tree": encoded}))
     written.append(f"{stem}.json")
     return written
 
