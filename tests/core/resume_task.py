@@ -10,6 +10,9 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+NUM_SAMPLES = 100
+"""Training samples of ``build``: with batches of 8, 13 micro-batches per epoch, the last one short."""
+
 
 class Samples(torch.utils.data.Dataset):
     """``n`` fixed random feature vectors with one of three labels."""
@@ -38,3 +41,10 @@ class Net(nn.Module):
     def forward(self, x, labels=None):
         logits = self.l2(self.drop(torch.relu(self.l1(x))))
         return {"loss": nn.functional.cross_entropy(logits, labels), "logits": logits}
+
+
+def build(args) -> "TaskParts":
+    """The task as ``--task resume_task:build``: ``NUM_SAMPLES`` to train on, 24 to evaluate."""
+    from treadle.components import TaskParts
+
+    return TaskParts(model=Net(), train_dataset=Samples(NUM_SAMPLES), eval_dataset=Samples(24))

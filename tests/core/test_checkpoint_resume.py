@@ -11,21 +11,13 @@ import json
 
 import pytest
 import torch
-from resume_task import Net, Samples
+from resume_task import NUM_SAMPLES, Net, Samples, build
 
 from treadle import checkpoint
 from treadle.args import TrainingArguments
 from treadle.callbacks import EarlyStoppingCallback
-from treadle.components import TaskParts
 from treadle.trainer import Trainer
 from treadle.verify_resume import verify_resume
-
-NUM_SAMPLES = 100  # batch 8: 13 micro-batches per epoch, the last one short
-
-
-def build_task(args) -> TaskParts:
-    return TaskParts(model=Net(), train_dataset=Samples(NUM_SAMPLES), eval_dataset=Samples(24))
-
 
 def make_args(output_dir, **overrides) -> TrainingArguments:
     values = dict(
@@ -54,14 +46,14 @@ CASES = {
 @pytest.mark.parametrize("case", CASES)
 def test_resume_is_exact(tmp_path, case):
     overrides, stop_at = CASES[case]
-    report = verify_resume(make_args(tmp_path / "unused", **overrides), stop_at, task=build_task, workdir=tmp_path)
+    report = verify_resume(make_args(tmp_path / "unused", **overrides), stop_at, task=build, workdir=tmp_path)
     assert report.identical, str(report)
     assert [r.step for r in report.straight] == list(range(1, report.max_steps + 1))
     assert [r.step for r in report.resumed] == [r.step for r in report.straight]
 
 
 def test_a_resume_that_skips_no_data_is_reported_at_the_first_step(tmp_path):
-    report = verify_resume(make_args(tmp_path / "unused", ignore_data_skip=True), 6, task=build_task, workdir=tmp_path)
+    report = verify_resume(make_args(tmp_path / "unused", ignore_data_skip=True), 6, task=build, workdir=tmp_path)
     assert not report.identical
     assert (report.step, report.quantity) == (7, "batch")
     assert "step 7 (after the resume): batch differs" in str(report)
@@ -69,7 +61,7 @@ def test_a_resume_that_skips_no_data_is_reported_at_the_first_step(tmp_path):
 
 def test_a_resume_that_loses_the_rng_is_reported(tmp_path, monkeypatch):
     monkeypatch.setattr(checkpoint, "_restore_rng_state", lambda trainer, state: None)
-    report = verify_resume(make_args(tmp_path / "unused"), 6, task=build_task, workdir=tmp_path)
+    report = verify_resume(make_args(tmp_path / "unused"), 6, task=build, workdir=tmp_path)
     assert not report.identical
     assert report.step == 7 and report.quantity in ("loss", "rng"), str(report)
 
@@ -109,3 +101,22 @@ def test_callback_states_are_restored_only_when_asked(tmp_path):
            restore_callback_states_from_checkpoint=True, **watch)
     assert restored.best_metric == first.best_metric
     assert restored.early_stopping_patience_counter == first.early_stopping_patience_counter
+
+
+def test_the_command(tmp_path, capsys, monkeypatch):
+    from treadle.verify_resume import main
+
+    monkeypatch.chdir(tmp_path)
+    common = ["--task", "resume_task:build", "--max_steps", "12", "--per_device_train_batch_size", "8",
+              "--report_to", "none", "--disable_tqdm", "--save_strategy", "no", "--seed", "3"]
+    assert main([*common, "--stop_at", "5"]) == 0
+    out, err = capsys.readouterr()
+    assert out.strip().splitlines()[-1].startswith("identical: 12 steps straight and 5 + resume + 7 agree")
+    assert "verify-resume 3/3: resume from checkpoint-5" in err
+
+    assert main([*common, "--stop_at", "5", "--ignore_data_skip"]) == 1
+    assert "different: step 6 (after the resume): batch differs" in capsys.readouterr().out
+
+    assert main([*common, "--stop_at", "12"]) == 2
+    assert "--stop_at must be between 1 and max_steps - 1 = 11" in capsys.readouterr().err
+    assert not any(tmp_path.iterdir())  # the runs happen in a temporary directory

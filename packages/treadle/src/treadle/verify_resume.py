@@ -153,12 +153,14 @@ def verify_resume(
     *,
     trainer_cls: Optional[type] = None,
     workdir: Union[str, Path, None] = None,
+    progress: Optional[Callable[[str], None]] = None,
 ) -> ResumeReport:
     """Train ``args.max_steps`` steps straight, and ``stop_at`` + resume + the rest; compare.
 
     ``task`` is a task name, a ``module:function`` string or a function ``(args) -> TaskParts``
     (default: ``args.task``). ``args.output_dir`` is not touched: both runs write under
-    ``workdir`` (a temporary directory by default, removed afterwards).
+    ``workdir`` (a temporary directory by default, removed afterwards). ``trainer_cls`` lets a
+    Trainer subclass be checked; ``progress`` receives a line as each of the three runs starts.
     """
     max_steps = int(getattr(args, "max_steps", -1) or -1)
     if max_steps <= 0:
@@ -166,19 +168,26 @@ def verify_resume(
     if not 0 < stop_at < max_steps:
         raise UsageError(f"--stop_at must be between 1 and max_steps - 1 = {max_steps - 1}, got {stop_at}")
     build = _task_builder(task if task is not None else getattr(args, "task", "demo"), args)
+    say = progress or (lambda line: None)
     if workdir is not None:
-        return _compare_runs(args, stop_at, build, Path(workdir), trainer_cls)
+        return _compare_runs(args, stop_at, build, Path(workdir), trainer_cls, say)
     with tempfile.TemporaryDirectory(prefix="treadle-verify-resume-") as tmp:
-        return _compare_runs(args, stop_at, build, Path(tmp), trainer_cls)
+        return _compare_runs(args, stop_at, build, Path(tmp), trainer_cls, say)
 
 
-def _compare_runs(args: Any, stop_at: int, build: Callable, root: Path, trainer_cls: Optional[type]) -> ResumeReport:
+def _compare_runs(
+    args: Any, stop_at: int, build: Callable, root: Path, trainer_cls: Optional[type], say: Callable[[str], None]
+) -> ResumeReport:
+    max_steps = args.max_steps
+    say(f"verify-resume 1/3: {max_steps} steps straight")
     straight_args = _args_for(args, root / "straight")
     straight, straight_weights = _train(straight_args, build, trainer_cls, resume=None, stop_at=None)
 
+    say(f"verify-resume 2/3: {stop_at} steps, then save and stop")
     resumed_args = _args_for(args, root / "resumed")
     first_leg, _ = _train(resumed_args, build, trainer_cls, resume=None, stop_at=stop_at)
     checkpoint = Path(resumed_args.output_dir) / f"checkpoint-{stop_at}"
+    say(f"verify-resume 3/3: resume from checkpoint-{stop_at} in a new Trainer, steps {stop_at + 1} to {max_steps}")
     second_leg, resumed_weights = _train(resumed_args, build, trainer_cls, resume=str(checkpoint), stop_at=None)
 
     report = ResumeReport(max_steps=args.max_steps, stop_at=stop_at, straight=straight, resumed=first_leg + second_leg)
@@ -267,7 +276,9 @@ def _compare_weights(report: ResumeReport, straight: dict, resumed: dict) -> Non
 
 def run_cli(args: Any, stop_at: int) -> int:
     """``treadle verify-resume``: print the report; exit 0 when identical, 1 otherwise."""
-    report = verify_resume(args, stop_at)
+    import sys
+
+    report = verify_resume(args, stop_at, progress=lambda line: print(line, file=sys.stderr, flush=True))
     print(report)
     return 0 if report.identical else 1
 
