@@ -15,29 +15,10 @@ from __future__ import annotations
 from typing import Any, Callable, Optional
 
 from treadle.errors import UsageError
+from treadle.events import LIFECYCLE_EVENTS
 from treadle.flow import best_metric_key, is_improvement, metric_to_compare, option_value
 from treadle.markers import hookimpl
 from treadle.state import ExportableState
-
-LIFECYCLE_EVENTS = (
-    "init_end",
-    "train_begin",
-    "train_end",
-    "epoch_begin",
-    "epoch_end",
-    "step_begin",
-    "substep_end",
-    "pre_optimizer_step",
-    "optimizer_step",
-    "step_end",
-    "evaluate",
-    "predict",
-    "prediction_step",
-    "log",
-    "save",
-    "push_begin",
-)
-"""Every lifecycle event; the hook of event ``e`` is ``treadle_on_<e>``."""
 
 _EVENT_EXTRA = {"evaluate": "metrics", "predict": "metrics", "log": "logs", "save": "checkpoint_dir", "push_begin": "checkpoint_dir"}
 

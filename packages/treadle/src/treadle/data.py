@@ -422,6 +422,15 @@ def forward_parameters(model: Any) -> tuple[list[str], bool]:
     return names, var_kw
 
 
+def _samples_are_dicts(dataset: Any) -> bool:
+    """Whether the samples are dicts (tuples and tensors have no columns to remove)."""
+    if getattr(dataset, "column_names", None) is not None:
+        return True
+    if isinstance(dataset, IterableDataset) or not has_length(dataset) or len(dataset) == 0:
+        return True  # cannot peek cheaply: let the collator check each batch
+    return isinstance(dataset[0], Mapping)
+
+
 def remove_unused_columns(dataset: Any, collator: Callable, model: Any, label_names: Sequence[str], description: str) -> tuple[Any, Callable]:
     """Apply ``remove_unused_columns``: drop dataset columns / sample keys the model cannot take.
 
@@ -429,7 +438,7 @@ def remove_unused_columns(dataset: Any, collator: Callable, model: Any, label_na
     the keys. A forward with ``**kwargs`` accepts anything, so nothing is removed.
     """
     names, var_kw = forward_parameters(model)
-    if var_kw:
+    if var_kw or not _samples_are_dicts(dataset):
         return dataset, collator
     keep = set(names) | set(label_names) | set(_LABEL_ALIASES)
     column_names = getattr(dataset, "column_names", None)

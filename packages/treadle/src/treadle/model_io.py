@@ -127,7 +127,7 @@ def split_outputs(outputs: Any, has_loss: bool, ignore_keys: Sequence[str] = ())
         return None, outputs
     if isinstance(outputs, Mapping):
         loss = outputs.get("loss") if has_loss else None
-        rest = tuple(v for k, v in outputs.items() if k != "loss" and k not in ignore_keys and v is not None)
+        rest = tuple(v for k, v in outputs.items() if k != "loss" and k not in ignore_keys and _is_tensors(v))
     elif isinstance(outputs, (tuple, list)):
         loss = outputs[0] if has_loss else None
         rest = tuple(outputs[1:] if has_loss else outputs)
@@ -138,6 +138,13 @@ def split_outputs(outputs: Any, has_loss: bool, ignore_keys: Sequence[str] = ())
     if not rest:
         return loss, None
     return loss, rest[0] if len(rest) == 1 else rest
+
+
+def _is_tensors(value: Any) -> bool:
+    """A tensor or a (nested) tuple of tensors: what can be gathered as predictions (not a cache object)."""
+    if isinstance(value, torch.Tensor):
+        return True
+    return isinstance(value, (tuple, list)) and bool(value) and all(_is_tensors(v) for v in value)
 
 
 def logits_of(outputs: Any) -> torch.Tensor:

@@ -31,7 +31,7 @@ from typing import Any, Callable, Iterator, Optional, Union
 import torch
 from torch import nn
 
-from treadle.callbacks import LIFECYCLE_EVENTS, as_hook_plugin, has_hookimpls, plugin_name
+from treadle.callbacks import as_hook_plugin, has_hookimpls, plugin_name
 from treadle.components import Precision
 from treadle.data import (
     EvalBatchSampler,
@@ -45,6 +45,7 @@ from treadle.data import (
     sample_lengths,
 )
 from treadle.errors import TreadleError, UsageError
+from treadle.events import EventDispatcher
 from treadle.evaluation import Accumulator, EvalLoopOutput, EvalPrediction, PredictionOutput, TrainOutput, truncate
 from treadle.flow import FlowPlugin, best_metric_key, option_value
 from treadle.metrics import LossWindow, metrics_format, speed_metrics, to_python_number
@@ -166,6 +167,7 @@ class Trainer:
 
         self._configure_step()
         self.run_hooks = RunHooks()
+        self._events = EventDispatcher(self.run_hooks)
         self._callbacks: list[tuple[object, object]] = []
         self._register_run_plugins(callbacks or [])
         self._event("init_end")
@@ -242,6 +244,9 @@ class Trainer:
         self.control._new_training()
 
         self._enable_gradient_checkpointing()
+        config = getattr(self.model, "config", None)
+        if config is not None and hasattr(config, "use_cache"):
+            config.use_cache = bool(args.use_cache)  # a key/value cache only costs memory while training
         model = self._setup_model()
         self.create_optimizer_and_scheduler(num_training_steps=plan.max_steps)
         self.optimizer = self.strategy.setup_optimizer(self.optimizer)
@@ -1058,15 +1063,11 @@ class Trainer:
         return [callback for callback, _ in self._callbacks if callable(getattr(callback, "state", None))]
 
     def _refresh_event_cache(self) -> None:
-        """Remember which events have implementations, so the others cost nothing per step."""
-        self._event_hooks = {
-            event: f"treadle_on_{event}" if self.run_hooks.has_impls(event) else None for event in LIFECYCLE_EVENTS
-        }
+        """Re-read which plugins implement which event (after a callback was added or removed)."""
+        self._events.refresh()
 
     def _event(self, event: str, **extra: Any) -> None:
-        hook = self._event_hooks[event]
-        if hook is not None:
-            self.run_hooks.call(hook, trainer=self, args=self.args, state=self.state, control=self.control, **extra)
+        self._events.dispatch(event, self, self.args, self.state, self.control, **extra)
 
     # =========================================================================================
     # Processes, logging and saving
