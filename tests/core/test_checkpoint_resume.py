@@ -132,3 +132,32 @@ def test_the_command(tmp_path, capsys, monkeypatch):
     assert main([*common, "--stop_at", "12"]) == 2
     assert "--stop_at must be between 1 and max_steps - 1 = 11" in capsys.readouterr().err
     assert not any(tmp_path.iterdir())  # the runs happen in a temporary directory
+
+
+class Tally:
+    """A callback that keeps its own state in checkpoints through the plugin-state hooks."""
+
+    def __init__(self) -> None:
+        self.steps = 0
+        self.restored = None
+
+    @hookimpl
+    def treadle_on_step_end(self) -> None:
+        self.steps += 1
+
+    @hookimpl
+    def treadle_checkpoint_state(self):
+        return {"steps": self.steps, "seen": torch.arange(self.steps)}
+
+    @hookimpl
+    def treadle_load_checkpoint_state(self, states) -> None:
+        self.restored = states.get("callback:Tally")
+
+
+def test_a_callbacks_plugin_state_finds_its_way_back(tmp_path):
+    _train(tmp_path, callbacks=[Tally()], max_steps=4, save_strategy="steps", save_steps=4)
+    saved = json.loads((tmp_path / "checkpoint-4" / "plugin_states.json").read_text())["tree"]
+    assert list(saved) == ["callback:Tally"]  # not the object id, which changes from run to run
+    tally = Tally()
+    _train(tmp_path, callbacks=[tally], max_steps=4, resume=True)
+    assert tally.restored["steps"] == 4 and torch.equal(tally.restored["seen"], torch.arange(4))

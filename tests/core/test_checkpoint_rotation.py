@@ -7,6 +7,7 @@ import torch
 from checkpoint_standin import StandinTrainer
 
 from treadle.checkpoint import list_checkpoints, load_best_model, save_checkpoint, update_best_metric
+from treadle.model_files import read_weights
 from treadle.errors import UsageError
 
 
@@ -97,3 +98,46 @@ def test_load_best_model_without_a_best_warns(tmp_path, caplog):
     trainer = StandinTrainer(tmp_path)
     assert not load_best_model(trainer)
     assert "no best checkpoint" in caplog.text
+
+
+def _train_with_evals(output_dir, **overrides):
+    from resume_task import Net, Samples
+
+    from treadle.args import TrainingArguments
+    from treadle.trainer import Trainer
+
+    values = dict(output_dir=str(output_dir), max_steps=12, per_device_train_batch_size=8, learning_rate=0.05,
+                  seed=3, report_to=["none"], disable_tqdm=True, eval_strategy="steps", eval_steps=2,
+                  metric_for_best_model="loss")
+    values.update(overrides)
+    torch.manual_seed(0)
+    trainer = Trainer(model=Net(), args=TrainingArguments(**values), train_dataset=Samples(100), eval_dataset=Samples(24))
+    trainer.train()
+    return trainer
+
+
+def _eval_losses(trainer):
+    return {entry["step"]: entry["eval_loss"] for entry in trainer.state.log_history if "eval_loss" in entry}
+
+
+def test_save_strategy_best_saves_exactly_the_improvements(tmp_path):
+    trainer = _train_with_evals(tmp_path, save_strategy="best")
+    losses, best, improved = _eval_losses(trainer), float("inf"), []
+    for step, loss in sorted(losses.items()):
+        if loss < best:
+            best, improved = loss, improved + [step]
+    assert _steps(tmp_path) == improved and len(improved) < len(losses)
+    assert trainer.state.best_model_checkpoint == str(tmp_path / f"checkpoint-{improved[-1]}")
+    assert trainer.state.best_metric == best
+
+
+def test_load_best_model_at_end_with_limit_one(tmp_path):
+    trainer = _train_with_evals(tmp_path, save_strategy="steps", save_steps=2, save_total_limit=1,
+                                load_best_model_at_end=True, learning_rate=0.5)
+    losses = _eval_losses(trainer)
+    best_step = min(losses, key=losses.get)
+    assert best_step != 12, losses  # so that the limit of 1 has two checkpoints to keep
+    expected = {best_step, 12}
+    assert set(_steps(tmp_path)) == expected, losses
+    best = read_weights(tmp_path / f"checkpoint-{best_step}" / "model.safetensors")
+    assert all(torch.equal(v, best[k]) for k, v in trainer.model.state_dict().items())

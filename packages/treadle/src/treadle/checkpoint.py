@@ -13,6 +13,7 @@ Layout (the seeds' ``output_dir/checkpoint-<global_step>/``)::
     rng_state.json/.safetensors  python, numpy, torch CPU and device RNG states
                                  (``rng_state_<rank>.*`` per process when there are several)
     plugin_states.json           each plugin's ``treadle_checkpoint_state``, by plugin name
+                                 (a user callback's as ``callback:<Class>``)
     manifest.json                size and sha256 of every file above; written last
 
 Nothing is pickled, and loading never unpickles.
@@ -196,12 +197,48 @@ def _write_training_state(directory: Path, training: dict[str, Any], *, single_p
 
 
 def _plugin_states(trainer: Any, hooks: Any) -> dict[str, Any]:
+    """Each plugin's ``treadle_checkpoint_state``, keyed by its run-independent name."""
+    impls = hooks.impls("treadle_checkpoint_state")
+    names = stable_plugin_names([impl.plugin_name for impl in impls])
     states = {}
-    for impl in hooks.impls("treadle_checkpoint_state"):
+    for impl in impls:
         kwargs = {"trainer": trainer} if "trainer" in impl.argnames else {}
         value = impl.function(**kwargs)
         if value is not None:
-            states[impl.plugin_name] = value
+            states[names[impl.plugin_name]] = value
+    return states
+
+
+def stable_plugin_names(names: Iterable[str]) -> dict[str, str]:
+    """Map plugin names to names that are the same in the next run.
+
+    A user callback is registered as ``callback:<Class>:<object id>``; the id changes from run
+    to run, so its state is stored as ``callback:<Class>`` (``#2``, ``#3`` for further
+    instances of the class, in registration order). Other names are already stable.
+    """
+    stable: dict[str, str] = {}
+    seen: dict[str, int] = {}
+    for name in names:
+        match = _CALLBACK_NAME_RE.match(name)
+        if match is None:
+            stable[name] = name
+            continue
+        base = match.group(1)
+        seen[base] = seen.get(base, 0) + 1
+        stable[name] = base if seen[base] == 1 else f"{base}#{seen[base]}"
+    return stable
+
+
+_CALLBACK_NAME_RE = re.compile(r"^(callback:[^:]+):[0-9a-f]+$")
+
+
+def _states_for_this_run(hooks: Any, saved: Mapping[str, Any]) -> dict[str, Any]:
+    """The saved plugin states under their stable names and under this run's plugin names."""
+    states = dict(saved)
+    current = [impl.plugin_name for impl in hooks.impls("treadle_checkpoint_state")]
+    for name, stable in stable_plugin_names(current).items():
+        if stable in saved:
+            states[name] = saved[stable]
     return states
 
 
@@ -530,7 +567,7 @@ def load_checkpoint(trainer: Any, path: Union[str, os.PathLike]) -> None:
         trainer.precision.load_state_dict(precision_state)
     _restore_trainer_state(trainer, need(TRAINER_STATE_NAME))
     if "plugin_states.json" in manifest["files"] and getattr(trainer, "run_hooks", None) is not None:
-        states = load_state_files(directory, "plugin_states", need)
+        states = _states_for_this_run(trainer.run_hooks, load_state_files(directory, "plugin_states", need))
         trainer.run_hooks.call("treadle_load_checkpoint_state", trainer=trainer, states=states)
     if getattr(trainer.args, "restore_callback_states_from_checkpoint", False):
         _restore_callback_states(trainer)
