@@ -28,6 +28,7 @@ class StandinState:
     best_metric: Optional[float] = None
     best_global_step: Optional[int] = None
     best_model_checkpoint: Optional[str] = None
+    train_batch_size: Optional[int] = None
     log_history: list = dataclasses.field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:

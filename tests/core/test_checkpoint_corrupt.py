@@ -127,3 +127,31 @@ def test_a_file_missing_from_the_manifest_is_refused(two_checkpoints, caplog):
     with pytest.raises(CheckpointError, match=r"model\.safetensors is not in the checkpoint's manifest"):
         load_checkpoint(trainer, newer)
     assert torch.is_tensor(trainer.model.hidden.weight)
+
+
+def test_a_checkpoint_of_another_model_is_a_clear_error(two_checkpoints):
+    _, newer = two_checkpoints
+    other = StandinTrainer(newer.parent / "x")
+    other.model.hidden = torch.nn.Linear(8, 9)
+    with pytest.raises(CheckpointError, match=r"(?s)model\.safetensors does not fit the model of this run: .*hidden\.weight"):
+        load_checkpoint(other, newer)
+
+
+def test_state_that_needs_pickle_fails_the_save_cleanly(tmp_path):
+    trainer = StandinTrainer(tmp_path)
+    trainer.train_steps(1)
+    trainer.lr_scheduler.odd = object()  # lands in the scheduler's state_dict
+    with pytest.raises(CheckpointError, match=r"scheduler\.odd is a object, which treadle cannot store without pickle"):
+        save_checkpoint(trainer, None)
+    assert list(tmp_path.iterdir()) == []  # neither a checkpoint nor a staging directory
+
+
+def test_a_different_batch_size_warns(tmp_path, caplog):
+    trainer = StandinTrainer(tmp_path)
+    trainer.state.train_batch_size = 8
+    path = save_checkpoint(trainer, None)
+    other = StandinTrainer(tmp_path / "x")
+    other.state.train_batch_size = 16
+    with caplog.at_level(logging.WARNING, logger="treadle.checkpoint"):
+        load_checkpoint(other, path)
+    assert "batch size of 8 per device, this run uses 16" in caplog.text

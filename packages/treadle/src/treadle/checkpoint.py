@@ -28,6 +28,7 @@ truncated or altered file is named in the error.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -37,7 +38,7 @@ import re
 import shutil
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterable, Mapping, Optional, Union
+from typing import TYPE_CHECKING, Any, Iterable, Iterator, Mapping, Optional, Union
 
 from treadle.__about__ import __version__
 from treadle.errors import CheckpointError, UsageError
@@ -109,14 +110,19 @@ def save_checkpoint(trainer: Any, metrics: Optional[Mapping[str, float]] = None)
         staging.mkdir()
     strategy.barrier("treadle-checkpoint-staging")
     if training is not None and strategy.world_size > 1 and staging.is_dir():
-        save_state_files(staging, f"rng_state_{strategy.global_rank}", capture_rng_state(trainer), where="rng_state")
+        save_state_files(staging, f"rng_state_{strategy.global_rank}", training["rng_state"], where="rng_state")
     strategy.barrier("treadle-checkpoint-rng")
     if writer:
-        write_model_files(staging, strategy.unwrap_model(trainer.model), model_state, args)
-        if training is not None:
-            _write_training_state(staging, training, single_process=strategy.world_size == 1)
-        state.save_to_json(str(staging / TRAINER_STATE_NAME))
-        _write_manifest(staging, state.global_step, KIND_MODEL_ONLY if training is None else KIND_FULL, strategy.world_size)
+        try:
+            write_model_files(staging, strategy.unwrap_model(trainer.model), model_state, args)
+            if training is not None:
+                _write_training_state(staging, training, single_process=strategy.world_size == 1)
+            state.save_to_json(str(staging / TRAINER_STATE_NAME))
+            kind = KIND_MODEL_ONLY if training is None else KIND_FULL
+            _write_manifest(staging, state.global_step, kind, strategy.world_size)
+        except BaseException:
+            shutil.rmtree(staging, ignore_errors=True)
+            raise
         _publish(staging, final)
         rotate_checkpoints(output_dir, args.save_total_limit, best=state.best_model_checkpoint, newest=final)
     strategy.barrier("treadle-checkpoint-end")
@@ -515,7 +521,7 @@ def _newest_valid_checkpoint(output_dir: Path) -> Path:
             continue
         if skipped:
             logger.warning(
-                "resuming from %s, the newest valid checkpoint (skipped newer damaged ones: %s)",
+                "resuming from %s, the newest valid checkpoint (skipped newer ones: %s)",
                 path, ", ".join(s.split(":")[0] for s in skipped),
             )
         return path
@@ -558,13 +564,17 @@ def load_checkpoint(trainer: Any, path: Union[str, os.PathLike]) -> None:
             return None
         return load_state_files(directory, stem, need)
 
-    strategy.load_model_state_dict(trainer.model, read_weights(need(WEIGHTS_NAME)))
+    with _does_not_fit(directory / WEIGHTS_NAME, "the model"):
+        strategy.load_model_state_dict(trainer.model, read_weights(need(WEIGHTS_NAME)))
     if (optimizer_state := saved("optimizer", trainer.optimizer)) is not None:
-        strategy.load_optimizer_state_dict(trainer.optimizer, optimizer_state)
+        with _does_not_fit(directory / "optimizer.json", "the optimizer (another --optim, or other parameters?)"):
+            strategy.load_optimizer_state_dict(trainer.optimizer, optimizer_state)
     if (scheduler_state := saved("scheduler", getattr(trainer, "lr_scheduler", None))) is not None:
-        trainer.lr_scheduler.load_state_dict(scheduler_state)
+        with _does_not_fit(directory / "scheduler.json", "the learning-rate scheduler"):
+            trainer.lr_scheduler.load_state_dict(scheduler_state)
     if (precision_state := saved("precision", getattr(trainer, "precision", None))) is not None:
-        trainer.precision.load_state_dict(precision_state)
+        with _does_not_fit(directory / "precision.json", "the precision plugin"):
+            trainer.precision.load_state_dict(precision_state)
     _restore_trainer_state(trainer, need(TRAINER_STATE_NAME))
     if "plugin_states.json" in manifest["files"] and getattr(trainer, "run_hooks", None) is not None:
         states = _states_for_this_run(trainer.run_hooks, load_state_files(directory, "plugin_states", need))
@@ -593,10 +603,29 @@ def load_best_model(trainer: Any) -> bool:
     return True
 
 
+@contextlib.contextmanager
+def _does_not_fit(path: Path, what: str) -> Iterator[None]:
+    """Turn a state-dict mismatch into a CheckpointError naming the file and the component."""
+    try:
+        yield
+    except (RuntimeError, ValueError, KeyError, TypeError) as exc:
+        raise CheckpointError(
+            f"{path} does not fit {what} of this run: {str(exc).rstrip('.')}. Resume with the model and settings the "
+            "checkpoint was trained with, or start a new run."
+        ) from exc
+
+
 def _restore_trainer_state(trainer: Any, path: Path) -> None:
     """Replace the trainer's state by the saved one, keeping the object others may hold."""
     loaded = type(trainer.state).load_from_json(str(path))
     current = trainer.state
+    saved_batch, batch = getattr(loaded, "train_batch_size", None), getattr(current, "train_batch_size", None)
+    if saved_batch and batch and saved_batch != batch:
+        logger.warning(
+            "%s was trained with a batch size of %d per device, this run uses %d: the data position "
+            "and the number of samples seen will not match the original run",
+            path.parent, saved_batch, batch,
+        )
     if hasattr(current, "__dict__") and type(loaded) is type(current):
         current.__dict__.update(loaded.__dict__)
     else:

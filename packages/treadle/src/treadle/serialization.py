@@ -24,13 +24,15 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Mapping
 
+from treadle.errors import CheckpointError
+
 if TYPE_CHECKING:
     import torch
 
 _TAGS = ("__tensor__", "__tuple__", "__dict__", "__float__", "__ndarray__", "__dtype__")
 
 
-class UnsupportedStateError(TypeError):
+class UnsupportedStateError(CheckpointError, TypeError):
     """A value in a state tree has no pickle-free representation."""
 
 
