@@ -388,20 +388,22 @@ class RemoveColumnsCollator:
         self.collator = collator
         self.keep = keep
         self.description = description
-        self._checked = False
+        self._dicts: Optional[bool] = None  # decided by the first batch: tuples have no columns
 
     def __call__(self, features: list[Any]) -> Any:
-        if features and isinstance(features[0], Mapping):
-            if not self._checked:
+        if self._dicts is None and features:
+            self._dicts = isinstance(features[0], Mapping)
+            if self._dicts:
                 self._check(features[0])
-            features = [{k: v for k, v in f.items() if k in self.keep} for f in features]
+        if not self._dicts:
+            return self.collator(features)
+        features = [{k: v for k, v in f.items() if k in self.keep} for f in features]
         batch = self.collator(features)
         if isinstance(batch, dict) and not self.keep.issuperset(batch):
             batch = {k: v for k, v in batch.items() if k in self.keep}  # e.g. a mask the collator added
         return batch
 
     def _check(self, sample: Mapping[str, Any]) -> None:
-        self._checked = True
         if not any(k in self.keep for k in sample):
             raise UsageError(
                 f"remove_unused_columns: none of the {self.description} keys ({', '.join(sample)}) is an "
@@ -422,15 +424,6 @@ def forward_parameters(model: Any) -> tuple[list[str], bool]:
     return names, var_kw
 
 
-def _samples_are_dicts(dataset: Any) -> bool:
-    """Whether the samples are dicts (tuples and tensors have no columns to remove)."""
-    if getattr(dataset, "column_names", None) is not None:
-        return True
-    if isinstance(dataset, IterableDataset) or not has_length(dataset) or len(dataset) == 0:
-        return True  # cannot peek cheaply: let the collator check each batch
-    return isinstance(dataset[0], Mapping)
-
-
 def remove_unused_columns(dataset: Any, collator: Callable, model: Any, label_names: Sequence[str], description: str) -> tuple[Any, Callable]:
     """Apply ``remove_unused_columns``: drop dataset columns / sample keys the model cannot take.
 
@@ -438,7 +431,7 @@ def remove_unused_columns(dataset: Any, collator: Callable, model: Any, label_na
     the keys. A forward with ``**kwargs`` accepts anything, so nothing is removed.
     """
     names, var_kw = forward_parameters(model)
-    if var_kw or not _samples_are_dicts(dataset):
+    if var_kw:
         return dataset, collator
     keep = set(names) | set(label_names) | set(_LABEL_ALIASES)
     column_names = getattr(dataset, "column_names", None)

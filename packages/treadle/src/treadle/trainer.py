@@ -164,6 +164,7 @@ class Trainer:
         self.train_dataloader: Any = None
         self.eval_dataloader: Any = None
         self.hub: Any = None
+        self._persistent_loaders: dict[int, tuple[Any, Any]] = {}
 
         self._configure_step()
         self.run_hooks = RunHooks()
@@ -327,6 +328,9 @@ class Trainer:
             type(self).floating_point_ops is not Trainer.floating_point_ops
         )
         self._track_inputs = self._count_flos or self._token_mode != "no"
+        # Overrides written for older signatures (without num_items_in_batch) keep working.
+        self._step_takes_items = _accepts(self.training_step, "num_items_in_batch")
+        self._loss_takes_items = _accepts(self.compute_loss, "num_items_in_batch")
 
     def _log_training_plan(self, plan: TrainingPlan) -> None:
         logger.info(
@@ -411,9 +415,9 @@ class Trainer:
                 self._count_inputs(inputs)
             if i < last and self._no_sync is not None:
                 with self._no_sync(model, True):
-                    loss = self.training_step(model, inputs, num_items)
+                    loss = self._training_step(model, inputs, num_items)
             else:
-                loss = self.training_step(model, inputs, num_items)
+                loss = self._training_step(model, inputs, num_items)
             self._loss_window.add(loss)
             if check:
                 step_loss = loss if step_loss is None else step_loss + loss
@@ -430,6 +434,11 @@ class Trainer:
         if stepped and self._scheduler_per_step:
             self.lr_scheduler.step()
         self.strategy.zero_grad(self.optimizer)
+
+    def _training_step(self, model: nn.Module, inputs: Any, num_items: Any) -> torch.Tensor:
+        if self._step_takes_items:
+            return self.training_step(model, inputs, num_items)
+        return self.training_step(model, inputs)
 
     def _items_in_step(self, micro_batches: list[dict[str, Any]]) -> Any:
         """Items the whole accumulated batch averages over (so its loss equals one big batch's)."""
@@ -743,7 +752,10 @@ class Trainer:
         if num_items_in_batch is not None and self._weight_micro_batches:
             share = count_items(inputs, self.label_names) / num_items_in_batch
         with self.precision.forward_context():
-            loss = self.compute_loss(model, inputs, num_items_in_batch=num_items_in_batch)
+            if self._loss_takes_items:
+                loss = self.compute_loss(model, inputs, num_items_in_batch=num_items_in_batch)
+            else:
+                loss = self.compute_loss(model, inputs)
         if share is not None:
             loss = loss * share
         self.strategy.backward(loss, model)
@@ -824,6 +836,16 @@ class Trainer:
         return self._inference_dataloader(test_dataset, "test")
 
     def _inference_dataloader(self, dataset: Any, description: str) -> Any:
+        if self.args.dataloader_persistent_workers and self.args.dataloader_num_workers > 0:
+            # Keep the loader, and so its worker processes, for the next evaluation of this dataset.
+            cached = self._persistent_loaders.get(id(dataset))
+            if cached is None or cached[0] is not dataset:
+                cached = (dataset, self._new_inference_dataloader(dataset, description))
+                self._persistent_loaders[id(dataset)] = cached
+            return cached[1]
+        return self._new_inference_dataloader(dataset, description)
+
+    def _new_inference_dataloader(self, dataset: Any, description: str) -> Any:
         dataset, collator = self._dataset_and_collator(dataset, description)
         batch_size = self.args.per_device_eval_batch_size
         common = {"collate_fn": collator, "args": self.args, "seed": self._data_seed(), "pin_memory": self._pin_memory()}
@@ -1123,7 +1145,6 @@ class Trainer:
         if not self.is_world_process_zero():
             return
         os.makedirs(self.args.output_dir, exist_ok=True)
-        self.state.stateful_callbacks = {type(c).__name__: c.state() for c in self.stateful_callbacks()}
         self.state.save_to_json(os.path.join(self.args.output_dir, "trainer_state.json"))
 
     def save_model(self, output_dir: Optional[str] = None, _internal_call: bool = False) -> None:
@@ -1188,6 +1209,11 @@ def _groups_of(iterator: Iterator[Any], size: int) -> Iterator[list[Any]]:
         if not group:
             return
         yield group
+
+
+def _accepts(method: Callable[..., Any], name: str) -> bool:
+    parameters = inspect.signature(method).parameters.values()
+    return any(p.name == name or p.kind is p.VAR_KEYWORD for p in parameters)
 
 
 def _is_plateau(scheduler: Any) -> bool:
