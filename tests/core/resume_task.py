@@ -31,6 +31,14 @@ class Samples(torch.utils.data.Dataset):
         return {"x": self.x[i], "labels": self.y[i]}
 
 
+class NoisySamples(Samples):
+    """``Samples`` with random augmentation: noise drawn from torch's RNG at every load."""
+
+    def __getitem__(self, i: int) -> dict:
+        item = super().__getitem__(i)
+        return {"x": item["x"] + 0.1 * torch.randn(6), "labels": item["labels"]}
+
+
 class Net(nn.Module):
     def __init__(self) -> None:
         super().__init__()
@@ -48,3 +56,10 @@ def build(args) -> "TaskParts":
     from treadle.components import TaskParts
 
     return TaskParts(model=Net(), train_dataset=Samples(NUM_SAMPLES), eval_dataset=Samples(24))
+
+
+def build_noisy(args) -> "TaskParts":
+    """``build`` with randomly augmented training samples."""
+    from treadle.components import TaskParts
+
+    return TaskParts(model=Net(), train_dataset=NoisySamples(NUM_SAMPLES), eval_dataset=Samples(24))

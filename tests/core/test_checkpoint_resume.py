@@ -11,7 +11,7 @@ import json
 
 import pytest
 import torch
-from resume_task import NUM_SAMPLES, Net, Samples, build
+from resume_task import NUM_SAMPLES, Net, Samples, build, build_noisy
 
 from treadle import checkpoint
 from treadle.args import TrainingArguments
@@ -41,13 +41,17 @@ CASES = {
          "load_best_model_at_end": True, "metric_for_best_model": "loss", "max_grad_norm": 0.5}, 10),
     "sgd with momentum, linear schedule": ({"optim": "sgd", "optim_args": "momentum=0.9", "lr_scheduler_type": "linear"}, 11),
     "adafactor": ({"optim": "adafactor", "learning_rate": 1e-3}, 4),
+    "random augmentation, no workers": ({"max_steps": 16}, 6, build_noisy),
+    "random augmentation in workers": ({"dataloader_num_workers": 2, "max_steps": 16}, 6, build_noisy),
+    "random augmentation in persistent workers, epoch boundary": (
+        {"dataloader_num_workers": 2, "dataloader_persistent_workers": True, "max_steps": 30}, 13, build_noisy),
 }
 
 
 @pytest.mark.parametrize("case", CASES)
 def test_resume_is_exact(tmp_path, case):
-    overrides, stop_at = CASES[case]
-    report = verify_resume(make_args(tmp_path / "unused", **overrides), stop_at, task=build, workdir=tmp_path)
+    overrides, stop_at, task = (*CASES[case], build)[:3]
+    report = verify_resume(make_args(tmp_path / "unused", **overrides), stop_at, task=task, workdir=tmp_path)
     assert report.identical, str(report)
     assert [r.step for r in report.straight] == list(range(1, report.max_steps + 1))
     assert [r.step for r in report.resumed] == [r.step for r in report.straight]

@@ -47,6 +47,8 @@ class EpochSampler(Sampler[int]):
         self.rank = rank
         self.epoch = 0
         self.start = 0
+        self.tag_positions = False
+        """Yield ``EpochIndex`` values (for ``WorkerSeededDataset``) instead of plain ints."""
 
     def set_epoch(self, epoch: int) -> None:
         """Select the epoch whose order to produce; resets the start offset."""
@@ -72,7 +74,10 @@ class EpochSampler(Sampler[int]):
         return order
 
     def __iter__(self) -> Iterator[int]:
-        return iter(self.epoch_indices()[self.start :])
+        indices = self.epoch_indices()[self.start :]
+        if not self.tag_positions:
+            return iter(indices)
+        return (EpochIndex(index, self.epoch, self.start + i) for i, index in enumerate(indices))
 
     def __len__(self) -> int:
         per_replica = math.ceil(self.num_samples / self.num_replicas)
@@ -159,9 +164,63 @@ class EvalBatchSampler(Sampler[list[int]]):
         return len(self._batches())
 
 
+class EpochIndex(int):
+    """A sample index that also knows its epoch and its position in that epoch's order."""
+
+    epoch: int
+    position: int
+
+    def __new__(cls, index: int, epoch: int, position: int) -> "EpochIndex":
+        self = super().__new__(cls, index)
+        self.epoch, self.position = epoch, position
+        return self
+
+    def __reduce__(self) -> tuple:
+        return (EpochIndex, (int(self), self.epoch, self.position))
+
+
 # ---------------------------------------------------------------------------------------------
 # The dataloader
 # ---------------------------------------------------------------------------------------------
+
+
+class WorkerSeededDataset(Dataset):
+    """In dataloader workers, seed each batch's randomness from (seed, epoch, batch position).
+
+    A worker's random generators are seeded once, when it starts, so random augmentation (or a
+    random collator) depends on which worker a batch lands on and on how many batches that
+    worker fetched before, which changes when an epoch is resumed mid-way. Re-seeding ``random``,
+    numpy and torch before each batch from its place in the epoch makes the batch a pure
+    function of ``(seed, epoch, position)``: the same after a resume, and the same for any
+    number of workers. In the main process (no workers) nothing is re-seeded: there the
+    randomness comes from the global generators, which checkpoints restore.
+    """
+
+    def __init__(self, dataset: Any, seed: int) -> None:
+        self.dataset = dataset
+        self.seed = seed
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getattr__(self, name: str) -> Any:
+        if name.startswith("__") or name in ("dataset", "seed"):
+            raise AttributeError(name)
+        return getattr(self.dataset, name)
+
+    def __getitem__(self, index: int) -> Any:
+        return self.dataset[int(index)]
+
+    def __getitems__(self, indices: list[int]) -> list[Any]:
+        first = indices[0] if indices else None
+        if isinstance(first, EpochIndex) and torch.utils.data.get_worker_info() is not None:
+            seed = int(np.random.SeedSequence([self.seed, first.epoch, first.position]).generate_state(1)[0])
+            random.seed(seed)
+            np.random.seed(seed)
+            torch.manual_seed(seed)
+        plain = [int(i) for i in indices]
+        fetch_many = getattr(self.dataset, "__getitems__", None)
+        return fetch_many(plain) if fetch_many is not None else [self.dataset[i] for i in plain]
 
 
 def seed_worker(worker_id: int) -> None:
@@ -246,6 +305,9 @@ def build_dataloader(
         kwargs["persistent_workers"] = bool(args.dataloader_persistent_workers)
         if args.dataloader_prefetch_factor is not None:
             kwargs["prefetch_factor"] = args.dataloader_prefetch_factor
+        if isinstance(sampler, EpochSampler) and not isinstance(dataset, IterableDataset):
+            sampler.tag_positions = True
+            dataset = WorkerSeededDataset(dataset, seed)
     if batch_sampler is not None:
         return TreadleDataLoader(dataset, batch_sampler=batch_sampler, seed=seed, **kwargs)
     if isinstance(dataset, IterableDataset):
