@@ -54,6 +54,9 @@ def test_compute_loss_func_gets_outputs_labels_and_the_item_count(tmp_path):
     trainer = Trainer(Classifier(), args, train_dataset=make_data(64), compute_loss_func=summed_loss)
     trainer.train()
     assert [int(n) for n in seen] == [16] * 4  # 2 steps x 2 micro-batches, 16 items per step
+    seen.clear()
+    assert "eval_loss" in trainer.evaluate(make_data(20))
+    assert [int(n) for n in seen] == [16, 4]  # in evaluation, each batch's own count
 
 
 def test_model_init_builds_a_fresh_model_for_each_training(tmp_path):

@@ -151,3 +151,36 @@ class Accumulator:
         if not self.concat:
             return self.on_host
         return pad_and_concat(self.on_host, self.pad_index) if len(self.on_host) > 1 else self.on_host[0]
+
+
+class PredictionCollector:
+    """The four streams an evaluation gathers: per-sample losses, predictions, labels, inputs.
+
+    Losses are always kept (they make ``<prefix>_loss``); the others only with ``keep`` (not
+    with ``batch_eval_metrics``, whose point is to keep nothing).
+    """
+
+    def __init__(self, offload_every: Optional[int], concat: bool, keep: bool = True) -> None:
+        self.keep = keep
+        self.losses = Accumulator(offload_every)
+        self.predictions = Accumulator(offload_every, concat=concat)
+        self.labels = Accumulator(offload_every, concat=concat)
+        self.inputs = Accumulator(offload_every, concat=concat)
+
+    def add(self, losses: Any, predictions: Any, labels: Any, inputs: Any) -> None:
+        self.losses.add(losses)
+        if self.keep:
+            self.predictions.add(predictions)
+            self.labels.add(labels)
+            self.inputs.add(inputs)
+
+    def result(self, num_samples: int) -> tuple[Any, Any, Any, Any]:
+        """``(losses, predictions, labels, inputs)`` as numpy, cut to ``num_samples`` (padding dropped)."""
+        return tuple(_cut(part.result(), num_samples) for part in (self.losses, self.predictions, self.labels, self.inputs))
+
+
+def _cut(value: Any, num_samples: int) -> Any:
+    """Cut padded samples off; per-batch lists (``eval_do_concat_batches false``) stay as they are."""
+    if value is None or isinstance(value, list):
+        return value
+    return truncate(value, num_samples)

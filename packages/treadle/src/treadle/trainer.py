@@ -32,7 +32,7 @@ import torch
 from torch import nn
 
 from treadle.callbacks import as_hook_plugin, has_hookimpls, plugin_name
-from treadle.components import Precision
+from treadle.components import NoSyncCapable, Precision
 from treadle.data import (
     EvalBatchSampler,
     LengthGroupedSampler,
@@ -46,7 +46,7 @@ from treadle.data import (
 )
 from treadle.errors import TreadleError, UsageError
 from treadle.events import EventDispatcher
-from treadle.evaluation import Accumulator, EvalLoopOutput, EvalPrediction, PredictionOutput, TrainOutput, truncate
+from treadle.evaluation import EvalLoopOutput, EvalPrediction, PredictionCollector, PredictionOutput, TrainOutput
 from treadle.flow import FlowPlugin, best_metric_key, option_value
 from treadle.metrics import LossWindow, metrics_format, speed_metrics, to_python_number
 from treadle.model_io import (
@@ -309,8 +309,8 @@ class Trainer:
         self._loss_window = LossWindow(filter_non_finite=bool(args.logging_nan_inf_filter))
         self._grad_norm: Optional[torch.Tensor] = None
         self._max_grad_norm = args.max_grad_norm if args.max_grad_norm and args.max_grad_norm > 0 else None
-        no_sync = getattr(self.strategy, "no_backward_sync", None)
-        self._no_sync = no_sync if no_sync is not None and self.args.gradient_accumulation_steps > 1 else None
+        accumulating = args.gradient_accumulation_steps > 1
+        self._no_sync = self.strategy.no_backward_sync if accumulating and isinstance(self.strategy, NoSyncCapable) else None
         self._scheduler_per_step = self.lr_scheduler is not None and not _is_plateau(self.lr_scheduler)
         self._nan_policy = option_value(getattr(args, "nan_inf_policy", "warn")) or "warn"
         self._precision_scales_loss = type(self.precision).unscale_gradients is not Precision.unscale_gradients
@@ -659,11 +659,7 @@ class Trainer:
         self.eval_dataloader = dataloader
         include = set(args.include_for_metrics or [])
         per_batch_metrics = bool(args.batch_eval_metrics) and self.compute_metrics is not None
-        offload = args.eval_accumulation_steps
-        losses = Accumulator(offload)
-        predictions = Accumulator(offload, concat=args.eval_do_concat_batches)
-        labels_seen = Accumulator(offload, concat=args.eval_do_concat_batches)
-        inputs_seen = Accumulator(offload, concat=args.eval_do_concat_batches)
+        collected = PredictionCollector(args.eval_accumulation_steps, args.eval_do_concat_batches, keep=not per_batch_metrics)
         num_batches = len(dataloader) if has_length(dataloader) else None
         metrics: Optional[dict[str, Any]] = None
         observed = 0
@@ -672,37 +668,29 @@ class Trainer:
             batch_size = _batch_size(batch)
             loss, logits, labels = self.prediction_step(model, batch, loss_only, ignore_keys=ignore_keys)
             inputs = batch.get(main_input_name(self.model, batch)) if "inputs" in include else None
-            if loss is not None:
-                losses.add(self._gather(loss.reshape(1).repeat(batch_size)))
+            losses = None if loss is None else self._gather(loss.reshape(1).repeat(batch_size))
             logits, labels, inputs = self._gather(logits), self._gather(labels), self._gather(inputs)
             if logits is not None and self.preprocess_logits_for_metrics is not None:
                 logits = self.preprocess_logits_for_metrics(logits, labels)
-            if per_batch_metrics:
-                if logits is not None and labels is not None:
-                    batch_losses = loss.reshape(1) if "loss" in include and loss is not None else None
-                    is_last = num_batches is not None and step == num_batches - 1
-                    metrics = self.compute_metrics(EvalPrediction(logits, labels, inputs, batch_losses), compute_result=is_last)
-            else:
-                predictions.add(logits)
-                labels_seen.add(labels)
-                inputs_seen.add(inputs)
+            collected.add(losses, logits, labels, inputs)
+            if per_batch_metrics and logits is not None and labels is not None:
+                is_last = num_batches is not None and step == num_batches - 1
+                batch_losses = losses if "loss" in include else None
+                metrics = self.compute_metrics(EvalPrediction(logits, labels, inputs, batch_losses), compute_result=is_last)
             observed += batch_size
             self._event("prediction_step")
 
-        num_samples = len(dataloader.dataset) if has_length(getattr(dataloader, "dataset", None)) else observed
-        all_losses = _truncate(losses.result(), num_samples)
-        all_preds = _truncate(predictions.result(), num_samples)
-        all_labels = _truncate(labels_seen.result(), num_samples)
-        all_inputs = _truncate(inputs_seen.result(), num_samples)
-        if not per_batch_metrics and self.compute_metrics is not None and all_preds is not None and all_labels is not None:
-            metrics = self.compute_metrics(
-                EvalPrediction(all_preds, all_labels, all_inputs, all_losses if "loss" in include else None)
-            )
+        dataset = getattr(dataloader, "dataset", None)
+        observed *= self.strategy.world_size
+        num_samples = min(len(dataset), observed) if has_length(dataset) else observed
+        losses, predictions, label_ids, inputs = collected.result(num_samples)
+        if not per_batch_metrics and self.compute_metrics is not None and predictions is not None and label_ids is not None:
+            metrics = self.compute_metrics(EvalPrediction(predictions, label_ids, inputs, losses if "loss" in include else None))
         metrics = {k: to_python_number(v) for k, v in (metrics or {}).items()}
-        if all_losses is not None:
-            metrics["loss"] = float(all_losses.mean())
+        if losses is not None:
+            metrics["loss"] = float(losses.mean())
         metrics = {k if k.startswith(f"{metric_key_prefix}_") else f"{metric_key_prefix}_{k}": v for k, v in metrics.items()}
-        return EvalLoopOutput(all_preds, all_labels, metrics, num_samples)
+        return EvalLoopOutput(predictions, label_ids, metrics, num_samples)
 
     def _gather(self, value: Any) -> Any:
         if value is None or self.strategy.world_size == 1:
@@ -726,7 +714,7 @@ class Trainer:
             labels = labels[0] if len(labels) == 1 else labels
         with torch.no_grad(), self.precision.eval_context():
             if has_labels:
-                loss, outputs = self.compute_loss(model, inputs, return_outputs=True)
+                loss, outputs = self._compute_eval_loss(model, inputs)
                 loss = loss.detach().mean()
                 _, logits = split_outputs(outputs, has_loss=not self._loss_outside_model(), ignore_keys=ignore_keys)
             else:
@@ -758,6 +746,9 @@ class Trainer:
                 loss = self.compute_loss(model, inputs)
         if share is not None:
             loss = loss * share
+        elif self._average_tokens and num_items_in_batch is not None:
+            # normalised by the items of all processes, while the strategy averages gradients over them
+            loss = loss * self.strategy.world_size
         self.strategy.backward(loss, model)
         return loss.detach()
 
@@ -780,9 +771,14 @@ class Trainer:
             loss = label_smoothed_loss(outputs, labels, self.args.label_smoothing_factor)
         else:
             loss = loss_from_outputs(outputs, inputs, self.label_names)
-        if self._average_tokens and num_items_in_batch is not None and not self._weight_micro_batches:
-            loss = loss * self.strategy.world_size
         return (loss, outputs) if return_outputs else loss
+
+    def _compute_eval_loss(self, model: nn.Module, inputs: dict[str, Any]) -> tuple[torch.Tensor, Any]:
+        if self._loss_takes_items and not self._weight_micro_batches:
+            # a loss normalised by num_items_in_batch needs the count of this batch
+            items = count_items(inputs, self.label_names)
+            return self.compute_loss(model, inputs, return_outputs=True, num_items_in_batch=items)
+        return self.compute_loss(model, inputs, return_outputs=True)
 
     def _loss_outside_model(self) -> bool:
         return self.compute_loss_func is not None or bool(self.args.label_smoothing_factor)
@@ -1244,13 +1240,6 @@ def _detach(value: Any) -> Any:
     if isinstance(value, dict):
         return {k: _detach(v) for k, v in value.items()}
     return value
-
-
-def _truncate(value: Any, num_samples: int) -> Any:
-    """Cut padded samples off; per-batch lists (``eval_do_concat_batches false``) stay as they are."""
-    if value is None or isinstance(value, list):
-        return value
-    return truncate(value, num_samples)
 
 
 def _write_json(path: str, data: dict[str, Any]) -> None:
