@@ -9,7 +9,6 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 from trainer_kit import CLASSES, IN, Classifier, make_args, make_data, same_weights, weights
-
 from treadle.errors import UsageError
 from treadle.trainer import Trainer
 

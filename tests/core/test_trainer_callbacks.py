@@ -7,7 +7,6 @@ from types import ModuleType
 
 import pytest
 from trainer_kit import Classifier, Recorder, make_args, make_data
-
 from treadle.callbacks import EarlyStoppingCallback, TrainerCallback, TrainerCallbackAdapter
 from treadle.errors import UsageError
 from treadle.markers import hookimpl

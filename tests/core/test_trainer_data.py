@@ -7,7 +7,6 @@ import pytest
 import torch
 from torch.utils.data import DataLoader, SequentialSampler
 from trainer_kit import CountingDataset, make_data
-
 from treadle.data import (
     DataCollatorWithPadding,
     EvalBatchSampler,

@@ -8,7 +8,6 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 from trainer_kit import CLASSES, Classifier, Recorder, make_args, make_data
-
 from treadle.evaluation import Accumulator, EvalPrediction
 from treadle.trainer import Trainer
 

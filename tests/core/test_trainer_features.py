@@ -21,7 +21,6 @@ from trainer_kit import (
     same_weights,
     weights,
 )
-
 from treadle.checkpoint import verify_checkpoint
 from treadle.data import DataCollatorWithPadding, LengthGroupedSampler
 from treadle.errors import TreadleError, UsageError

@@ -21,7 +21,6 @@ from trainer_kit import (
     same_weights,
     weights,
 )
-
 from treadle.errors import UsageError
 from treadle.markers import hookimpl
 from treadle.trainer import Trainer

@@ -7,7 +7,6 @@ import json
 import numpy as np
 import pytest
 from trainer_kit import Classifier, make_data
-
 from treadle.args import TrainingArguments
 from treadle.components import TaskParts
 from treadle.errors import PluginError, UsageError

@@ -8,7 +8,6 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 from torch.utils.data import Dataset, TensorDataset
-
 from treadle.args import TrainingArguments
 from treadle.components import Backend
 from treadle.markers import hookimpl

@@ -7,9 +7,11 @@ the window is read, and always reported, whatever ``logging_nan_inf_filter`` doe
 
 from __future__ import annotations
 
+import json
+import os
 import time
 from dataclasses import dataclass
-from typing import Any, Optional
+from typing import Any, Mapping, Optional
 
 import torch
 
@@ -122,3 +124,64 @@ def metrics_format(metrics: dict[str, Any]) -> dict[str, str]:
         else:
             formatted[key] = str(value)
     return formatted
+
+
+def metrics_table(split: str, metrics: dict[str, Any]) -> str:
+    """``log_metrics``' text: a title line, then one aligned ``key = value`` line per metric."""
+    formatted = metrics_format(metrics)
+    width = max((len(k) for k in formatted), default=0)
+    lines = [f"***** {split} metrics *****"] + [f"  {key:<{width}} = {formatted[key]:>9}" for key in sorted(formatted)]
+    return "\n".join(lines)
+
+
+def write_results(output_dir: str, split: str, metrics: dict[str, Any], combined: bool = True) -> None:
+    """``<split>_results.json``, and the same values merged into ``all_results.json``."""
+    os.makedirs(output_dir, exist_ok=True)
+    _write_json(os.path.join(output_dir, f"{split}_results.json"), metrics)
+    if combined:
+        path = os.path.join(output_dir, "all_results.json")
+        merged: dict[str, Any] = {}
+        if os.path.exists(path):
+            with open(path, encoding="utf-8") as f:
+                merged = json.load(f)
+        merged.update(metrics)
+        _write_json(path, merged)
+
+
+def _write_json(path: str, data: dict[str, Any]) -> None:
+    with open(path, "w", encoding="utf-8") as f:
+        json.dump(data, f, indent=2, sort_keys=True)
+        f.write("\n")
+
+
+class TokenCounter:
+    """``include_num_input_tokens_seen``: input tokens per micro-batch, summed on the device.
+
+    ``all`` counts every position of the main input; ``non_padding`` counts the ones the
+    ``attention_mask`` keeps (every position when there is no mask). ``take()`` returns the
+    sum since the last call, so reading it is the only host sync.
+    """
+
+    def __init__(self, mode: Any) -> None:
+        self.mode = {True: "all", False: "no", None: "no"}.get(mode, mode)
+        self.pending: Any = 0
+
+    @property
+    def enabled(self) -> bool:
+        return self.mode != "no"
+
+    def add(self, inputs: Mapping[str, Any], main_input: Optional[str]) -> bool:
+        """Count one micro-batch; False when it has no tensor input to count."""
+        tokens = inputs.get(main_input) if main_input else None
+        if not isinstance(tokens, torch.Tensor):
+            return False
+        mask = inputs.get("attention_mask")
+        if self.mode == "non_padding" and isinstance(mask, torch.Tensor):
+            self.pending = self.pending + mask.sum()
+        else:
+            self.pending = self.pending + tokens.numel()
+        return True
+
+    def take(self) -> Any:
+        pending, self.pending = self.pending, 0
+        return pending

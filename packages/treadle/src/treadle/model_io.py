@@ -9,6 +9,7 @@ function of the model's signature and the batch, so the rules live in one place.
 
 from __future__ import annotations
 
+import re
 from typing import Any, Mapping, Optional, Sequence
 
 import torch
@@ -205,3 +206,25 @@ def neftune_hook(alpha: float) -> Any:
         return output + torch.empty_like(output).uniform_(-magnitude, magnitude)
 
     return add_noise
+
+
+_NORM_NAME = re.compile(r"layernorm|rmsnorm|(?:^|\.)norm(?:$|\.)|_norm(?:$|\.)")
+
+
+def decay_parameter_names(model: torch.nn.Module) -> list[str]:
+    """Parameter names that weight decay applies to: not biases, not normalisation layers.
+
+    Normalisation layers are recognised by type (LayerNorm, RMSNorm, GroupNorm, batch norms)
+    and, for home-made ones, by a module name containing ``norm``.
+    """
+    nn = torch.nn
+    norm_types: tuple[type, ...] = (nn.LayerNorm, nn.GroupNorm, nn.LocalResponseNorm, nn.modules.batchnorm._NormBase)
+    if hasattr(nn, "RMSNorm"):
+        norm_types += (nn.RMSNorm,)
+    names = []
+    for module_name, module in model.named_modules():
+        for param_name, _ in module.named_parameters(recurse=False):
+            if isinstance(module, norm_types) or "bias" in param_name or _NORM_NAME.search(module_name.lower()):
+                continue
+            names.append(f"{module_name}.{param_name}" if module_name else param_name)
+    return names

@@ -45,14 +45,15 @@ from treadle.data import (
     sample_lengths,
 )
 from treadle.errors import TreadleError, UsageError
-from treadle.events import EventDispatcher
 from treadle.evaluation import EvalLoopOutput, EvalPrediction, PredictionCollector, PredictionOutput, TrainOutput
+from treadle.events import EventDispatcher
 from treadle.flow import FlowPlugin, best_metric_key, option_value
-from treadle.metrics import LossWindow, metrics_format, speed_metrics, to_python_number
+from treadle.metrics import LossWindow, TokenCounter, metrics_table, speed_metrics, to_python_number, write_results
 from treadle.model_io import (
     InputMapper,
     accepts_loss_kwargs,
     count_items,
+    decay_parameter_names,
     find_label_names,
     label_smoothed_loss,
     loss_from_outputs,
@@ -321,13 +322,11 @@ class Trainer:
             self.model_accepts_loss_kwargs and not args.label_smoothing_factor
         )
         self._average_tokens = bool(getattr(args, "average_tokens_across_devices", False)) and self.strategy.world_size > 1
-        tokens = option_value(args.include_num_input_tokens_seen)
-        self._token_mode = {True: "all", False: "no", None: "no"}.get(tokens, tokens)
-        self._pending_tokens: Any = 0
+        self._tokens = TokenCounter(option_value(args.include_num_input_tokens_seen))
         self._count_flos = hasattr(unwrap_compiled(self.model), "floating_point_ops") or (
             type(self).floating_point_ops is not Trainer.floating_point_ops
         )
-        self._track_inputs = self._count_flos or self._token_mode != "no"
+        self._track_inputs = self._count_flos or self._tokens.enabled
         # Overrides written for older signatures (without num_items_in_batch) keep working.
         self._step_takes_items = _accepts(self.training_step, "num_items_in_batch")
         self._loss_takes_items = _accepts(self.compute_loss, "num_items_in_batch")
@@ -958,20 +957,7 @@ class Trainer:
 
     def get_decay_parameter_names(self, model: nn.Module) -> list[str]:
         """Parameters that get weight decay: all but biases and the weights of normalisation layers."""
-        import re
-
-        norm_types: tuple[type, ...] = (nn.LayerNorm, nn.GroupNorm, nn.LocalResponseNorm, nn.modules.batchnorm._NormBase)
-        if hasattr(nn, "RMSNorm"):
-            norm_types += (nn.RMSNorm,)
-        norm_name = re.compile(r"layernorm|rmsnorm|(?:^|\.)norm(?:$|\.)|_norm(?:$|\.)")
-        names = []
-        for module_name, module in model.named_modules():
-            for param_name, _ in module.named_parameters(recurse=False):
-                full = f"{module_name}.{param_name}" if module_name else param_name
-                if isinstance(module, norm_types) or "bias" in param_name or norm_name.search(module_name.lower()):
-                    continue
-                names.append(full)
-        return names
+        return decay_parameter_names(model)
 
     def get_learning_rates(self) -> list[float]:
         if self.optimizer is None:
@@ -1000,27 +986,18 @@ class Trainer:
         inputs = self._input_mapper(inputs)
         if self._count_flos:
             self.state.total_flos += float(self.floating_point_ops(inputs))
-        if self._token_mode == "no":
-            return
-        name = main_input_name(self.model, inputs)
-        tokens = inputs.get(name) if name else None
-        if not isinstance(tokens, torch.Tensor):
+        if self._tokens.enabled and not self._tokens.add(inputs, main_input_name(self.model, inputs)):
             _warn_once("include_num_input_tokens_seen: the batches have no tensor input to count tokens of")
-            self._token_mode = "no"
-            return
-        if self._token_mode == "non_padding" and isinstance(inputs.get("attention_mask"), torch.Tensor):
-            self._pending_tokens = self._pending_tokens + inputs["attention_mask"].sum()
-        else:
-            self._pending_tokens = self._pending_tokens + tokens.numel()
+            self._tokens.mode = "no"
 
     def _sync_counters(self) -> None:
-        """Move the per-step counters kept on the device into ``state`` (before log / eval / save)."""
-        if isinstance(self._pending_tokens, torch.Tensor) or self._pending_tokens:
-            pending = torch.as_tensor(self._pending_tokens, device=self._device)
+        """Move the token count kept on the device into ``state`` (before log / eval / save)."""
+        pending = self._tokens.take()
+        if isinstance(pending, torch.Tensor) or pending:
+            pending = torch.as_tensor(pending, device=self._device)
             if self.strategy.world_size > 1:
                 pending = self.strategy.all_reduce(pending, op="sum")
             self.state.num_input_tokens_seen += int(pending)
-            self._pending_tokens = 0
 
     def num_examples(self, dataloader: Any) -> int:
         """Samples in a dataloader's dataset (estimated from batches when it has no length)."""
@@ -1101,40 +1078,22 @@ class Trainer:
         """Record ``logs`` in the state's history and hand them to every reporter (``treadle_on_log``)."""
         if self.state.epoch is not None:
             logs["epoch"] = self.state.epoch
-        if self._token_mode_enabled():
+        if self._tokens.enabled:
             logs["num_input_tokens_seen"] = self.state.num_input_tokens_seen
         if start_time is not None:
             logs.update(speed_metrics("train", start_time))
         self.state.log_history.append({**logs, "step": self.state.global_step})
         self._event("log", logs=logs)
 
-    def _token_mode_enabled(self) -> bool:
-        return getattr(self, "_token_mode", "no") != "no"
-
     def log_metrics(self, split: str, metrics: dict[str, Any]) -> None:
         """Print ``metrics`` as an aligned table (main process only)."""
-        if not self.is_world_process_zero():
-            return
-        formatted = metrics_format(metrics)
-        width = max((len(k) for k in formatted), default=0)
-        print(f"***** {split} metrics *****")
-        for key in sorted(formatted):
-            print(f"  {key:<{width}} = {formatted[key]:>9}")
+        if self.is_world_process_zero():
+            print(metrics_table(split, metrics))
 
     def save_metrics(self, split: str, metrics: dict[str, Any], combined: bool = True) -> None:
         """Write ``<split>_results.json`` (and merge into ``all_results.json``) in output_dir."""
-        if not self.is_world_process_zero():
-            return
-        os.makedirs(self.args.output_dir, exist_ok=True)
-        _write_json(os.path.join(self.args.output_dir, f"{split}_results.json"), metrics)
-        if combined:
-            path = os.path.join(self.args.output_dir, "all_results.json")
-            merged = {}
-            if os.path.exists(path):
-                with open(path, encoding="utf-8") as f:
-                    merged = json.load(f)
-            merged.update(metrics)
-            _write_json(path, merged)
+        if self.is_world_process_zero():
+            write_results(self.args.output_dir, split, metrics, combined)
 
     def save_state(self) -> None:
         """Write ``trainer_state.json`` in output_dir (main process only)."""
@@ -1240,12 +1199,6 @@ def _detach(value: Any) -> Any:
     if isinstance(value, dict):
         return {k: _detach(v) for k, v in value.items()}
     return value
-
-
-def _write_json(path: str, data: dict[str, Any]) -> None:
-    with open(path, "w", encoding="utf-8") as f:
-        json.dump(data, f, indent=2, sort_keys=True)
-        f.write("\n")
 
 
 __all__ = ["Trainer", "TrainingPlan", "EvalPrediction", "PredictionOutput", "TrainOutput"]
