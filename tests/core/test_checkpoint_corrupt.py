@@ -155,3 +155,37 @@ def test_a_different_batch_size_warns(tmp_path, caplog):
     with caplog.at_level(logging.WARNING, logger="treadle.checkpoint"):
         load_checkpoint(other, path)
     assert "batch size of 8 per device, this run uses 16" in caplog.text
+
+
+def test_a_full_disk_is_a_clear_error_and_leaves_no_staging(tmp_path, monkeypatch):
+    import errno
+
+    from treadle import checkpoint
+
+    trainer = StandinTrainer(tmp_path)
+    trainer.train_steps(1)
+    first = save_checkpoint(trainer, None)
+
+    def disk_full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(checkpoint, "_write_manifest", disk_full)
+    trainer.train_steps(1)
+    with pytest.raises(CheckpointError, match=r"could not write .*checkpoint-2: .*No space left on device\. The earlier"):
+        save_checkpoint(trainer, None)
+    assert [p.name for p in tmp_path.iterdir()] == ["checkpoint-1"]
+    assert resolve_resume_checkpoint(True, tmp_path) == first
+
+
+def test_a_damaged_best_checkpoint_keeps_the_final_weights(tmp_path, caplog):
+    from treadle.checkpoint import load_best_model
+
+    trainer = StandinTrainer(tmp_path, metric_for_best_model="loss")
+    trainer.train_steps(1)
+    best = save_checkpoint(trainer, {"eval_loss": 0.1})
+    trainer.train_steps(1)
+    final = trainer.weights()
+    _flip_byte(best / "model.safetensors")
+    assert not load_best_model(trainer)
+    assert all(torch.equal(v, final[k]) for k, v in trainer.weights().items())
+    assert "cannot load the best model" in caplog.text and "model.safetensors" in caplog.text

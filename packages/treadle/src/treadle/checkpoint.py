@@ -120,6 +120,12 @@ def save_checkpoint(trainer: Any, metrics: Optional[Mapping[str, float]] = None)
             state.save_to_json(str(staging / TRAINER_STATE_NAME))
             kind = KIND_MODEL_ONLY if training is None else KIND_FULL
             _write_manifest(staging, state.global_step, kind, strategy.world_size)
+        except OSError as exc:
+            shutil.rmtree(staging, ignore_errors=True)
+            raise CheckpointError(
+                f"could not write {final}: {exc}. The earlier checkpoints are intact; free some space or "
+                "choose another --output_dir, then resume with --resume_from_checkpoint true"
+            ) from exc
         except BaseException:
             shutil.rmtree(staging, ignore_errors=True)
             raise
@@ -588,17 +594,22 @@ def load_checkpoint(trainer: Any, path: Union[str, os.PathLike]) -> None:
 def load_best_model(trainer: Any) -> bool:
     """Load the weights of ``state.best_model_checkpoint`` (``load_best_model_at_end``).
 
-    Returns whether a best model was loaded; a missing best checkpoint is a warning, not an
-    error, since training itself succeeded.
+    Returns whether a best model was loaded. A missing or damaged best checkpoint is a warning,
+    not an error: training itself succeeded, and the final weights stay in place.
     """
     best = trainer.state.best_model_checkpoint
     if not best or not Path(best).is_dir():
         logger.warning("load_best_model_at_end: no best checkpoint to load (best_model_checkpoint=%s)", best)
         return False
     directory = Path(best)
-    manifest = verify_checkpoint(directory)
-    weights = read_weights(_manifest_file(directory, manifest, WEIGHTS_NAME))
-    trainer.strategy.load_model_state_dict(trainer.model, weights)
+    try:
+        manifest = verify_checkpoint(directory)
+        weights = read_weights(_manifest_file(directory, manifest, WEIGHTS_NAME))
+    except CheckpointError as exc:
+        logger.error("load_best_model_at_end: cannot load the best model (%s); keeping the final weights", exc)
+        return False
+    with _does_not_fit(directory / WEIGHTS_NAME, "the model"):
+        trainer.strategy.load_model_state_dict(trainer.model, weights)
     logger.info("loaded the best model from %s (%s = %s)", directory, trainer.args.metric_for_best_model, trainer.state.best_metric)
     return True
 
