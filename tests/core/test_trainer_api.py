@@ -150,3 +150,31 @@ def test_an_iterable_dataset_needs_max_steps(tmp_path):
     trainer.train()
     assert trainer.state.global_step == 5  # the stream is read again when it runs out
     assert trainer.predict(Stream()).predictions.shape == (20, CLASSES)
+
+
+def test_load_best_model_at_end_restores_the_best_checkpoint(tmp_path):
+    # "best" is the highest loss here, so the best checkpoint is an early one, not the last.
+    args = make_args(tmp_path, max_steps=5, eval_strategy="steps", eval_steps=1, save_strategy="steps", save_steps=1,
+                     metric_for_best_model="loss", greater_is_better=True, load_best_model_at_end=True)
+    trainer = Trainer(Classifier(), args, train_dataset=make_data(64), eval_dataset=make_data(32))
+    trainer.train()
+    evals = [(h["eval_loss"], h["step"]) for h in trainer.state.log_history if "eval_loss" in h]
+    best_step = max(evals)[1]
+    assert best_step < 5
+    assert trainer.state.best_model_checkpoint.endswith(f"checkpoint-{best_step}")
+    from treadle.model_files import read_weights
+
+    saved = read_weights(tmp_path / "out" / f"checkpoint-{best_step}" / "model.safetensors")
+    assert all(torch.equal(saved[k], v) for k, v in trainer.model.state_dict().items())
+
+
+def test_trainer_state_round_trips_through_json(tmp_path):
+    from treadle.state import TrainerState
+
+    trainer = Trainer(Classifier(), make_args(tmp_path, max_steps=3, logging_strategy="steps", logging_steps=1),
+                      train_dataset=make_data(32))
+    trainer.train()
+    trainer.state.save_to_json(tmp_path / "state.json")
+    loaded = TrainerState.load_from_json(tmp_path / "state.json")
+    assert loaded == trainer.state and loaded.to_dict()["global_step"] == 3
+    assert loaded.log_history[0]["step"] == 1
