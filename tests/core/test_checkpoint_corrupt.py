@@ -89,7 +89,7 @@ def test_missing_path_and_output_dir_given_as_path(two_checkpoints):
     older, _ = two_checkpoints
     with pytest.raises(CheckpointError, match="no such checkpoint directory"):
         resolve_resume_checkpoint(str(older.parent / "checkpoint-99"), older.parent)
-    with pytest.raises(CheckpointError, match="pass one of them, or true"):
+    with pytest.raises(CheckpointError, match="is an output directory, not a checkpoint; pass one of its checkpoint-<step> directories"):
         resolve_resume_checkpoint(str(older.parent), older.parent)
 
 
@@ -169,7 +169,7 @@ def test_a_full_disk_is_a_clear_error_and_leaves_no_staging(tmp_path, monkeypatc
     def disk_full(*args, **kwargs):
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr(checkpoint, "_write_manifest", disk_full)
+    monkeypatch.setattr(checkpoint, "write_manifest", disk_full)
     trainer.train_steps(1)
     with pytest.raises(CheckpointError, match=r"could not write .*checkpoint-2: .*No space left on device\. The earlier"):
         save_checkpoint(trainer, None)

@@ -13,7 +13,7 @@ import pytest
 import torch
 from resume_task import NUM_SAMPLES, Net, Samples, build, build_noisy
 
-from treadle import checkpoint
+from treadle import run_state
 from treadle.args import TrainingArguments
 from treadle.callbacks import EarlyStoppingCallback
 from treadle.markers import hookimpl
@@ -65,7 +65,7 @@ def test_a_resume_that_skips_no_data_is_reported_at_the_first_step(tmp_path):
 
 
 def test_a_resume_that_loses_the_rng_is_reported(tmp_path, monkeypatch):
-    monkeypatch.setattr(checkpoint, "_restore_rng_state", lambda trainer, state: None)
+    monkeypatch.setattr(run_state, "restore_rng_state", lambda trainer, state: None)
     report = verify_resume(make_args(tmp_path / "unused"), 6, task=build, workdir=tmp_path)
     assert not report.identical
     assert report.step == 7 and report.quantity in ("loss", "rng"), str(report)

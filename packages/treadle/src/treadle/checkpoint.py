@@ -29,8 +29,6 @@ truncated or altered file is named in the error.
 from __future__ import annotations
 
 import contextlib
-import hashlib
-import json
 import logging
 import math
 import os
@@ -38,12 +36,13 @@ import re
 import shutil
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterable, Iterator, Mapping, Optional, Union
+from typing import TYPE_CHECKING, Any, Iterator, Mapping, Optional, Union
 
-from treadle.__about__ import __version__
+from treadle import run_state
 from treadle.errors import CheckpointError, UsageError
+from treadle.manifest import MANIFEST_NAME, manifest_file, verify_checkpoint, write_manifest
 from treadle.model_files import WEIGHTS_NAME, read_weights, replace_files_atomically, write_model_files
-from treadle.serialization import dump_json, fsync_path, load_state_files, save_state_files, write_bytes_durably
+from treadle.serialization import fsync_path, load_state_files
 
 if TYPE_CHECKING:
     from treadle.args import TrainingArguments
@@ -54,18 +53,12 @@ CHECKPOINT_PREFIX = "checkpoint"
 CHECKPOINT_RE = re.compile(rf"^{CHECKPOINT_PREFIX}-(\d+)$")
 INCOMPLETE_PREFIX = ".incomplete-"
 DOOMED_PREFIX = ".deleting-"
-MANIFEST_NAME = "manifest.json"
 TRAINER_STATE_NAME = "trainer_state.json"
-MANIFEST_FORMAT = "treadle-checkpoint"
-MANIFEST_VERSION = 1
 KIND_FULL = "full"
 KIND_MODEL_ONLY = "model-only"
 
-_HASH_CHUNK = 1 << 20
-
 __all__ = [
     "CHECKPOINT_PREFIX",
-    "capture_rng_state",
     "list_checkpoints",
     "load_best_model",
     "load_checkpoint",
@@ -97,9 +90,9 @@ def save_checkpoint(trainer: Any, metrics: Optional[Mapping[str, float]] = None)
     if args.metric_for_best_model and state.best_global_step == state.global_step:
         state.best_model_checkpoint = str(final)
 
-    _record_callback_states(trainer)
+    run_state.record_callback_states(trainer)
     model_state = strategy.model_state_dict(trainer.model)
-    training = None if args.save_only_model else _training_state(trainer)
+    training = None if args.save_only_model else run_state.collect(trainer)
     writer = _is_writer(args, strategy)
 
     strategy.barrier("treadle-checkpoint-begin")
@@ -110,16 +103,16 @@ def save_checkpoint(trainer: Any, metrics: Optional[Mapping[str, float]] = None)
         staging.mkdir()
     strategy.barrier("treadle-checkpoint-staging")
     if training is not None and strategy.world_size > 1 and staging.is_dir():
-        save_state_files(staging, f"rng_state_{strategy.global_rank}", training["rng_state"], where="rng_state")
+        run_state.write_process_rng(staging, training, strategy.global_rank)
     strategy.barrier("treadle-checkpoint-rng")
     if writer:
         try:
             write_model_files(staging, strategy.unwrap_model(trainer.model), model_state, args)
             if training is not None:
-                _write_training_state(staging, training, single_process=strategy.world_size == 1)
+                run_state.write(staging, training, single_process=strategy.world_size == 1)
             state.save_to_json(str(staging / TRAINER_STATE_NAME))
             kind = KIND_MODEL_ONLY if training is None else KIND_FULL
-            _write_manifest(staging, state.global_step, kind, strategy.world_size)
+            write_manifest(staging, kind=kind, global_step=state.global_step, world_size=strategy.world_size)
         except OSError as exc:
             shutil.rmtree(staging, ignore_errors=True)
             raise CheckpointError(
@@ -186,125 +179,6 @@ def _is_writer(args: Any, strategy: Any) -> bool:
     if getattr(args, "save_on_each_node", False):
         return bool(strategy.is_local_zero)
     return bool(strategy.is_global_zero)
-
-
-def _training_state(trainer: Any) -> dict[str, Any]:
-    """Everything besides the weights that an exact resume needs, gathered on every process."""
-    hooks = getattr(trainer, "run_hooks", None)
-    return {
-        "optimizer": None if trainer.optimizer is None else trainer.strategy.optimizer_state_dict(trainer.optimizer),
-        "scheduler": None if getattr(trainer, "lr_scheduler", None) is None else trainer.lr_scheduler.state_dict(),
-        "precision": trainer.precision.state_dict() if getattr(trainer, "precision", None) is not None else {},
-        "plugin_states": _plugin_states(trainer, hooks) if hooks is not None else {},
-        "rng_state": capture_rng_state(trainer),
-    }
-
-
-def _write_training_state(directory: Path, training: dict[str, Any], *, single_process: bool) -> None:
-    for stem, tree in training.items():
-        if stem == "rng_state" and not single_process:
-            continue  # each process wrote its own rng_state_<rank>
-        if tree is not None:
-            save_state_files(directory, stem, tree, where=stem)
-
-
-def _plugin_states(trainer: Any, hooks: Any) -> dict[str, Any]:
-    """Each plugin's ``treadle_checkpoint_state``, keyed by its run-independent name."""
-    impls = hooks.impls("treadle_checkpoint_state")
-    names = stable_plugin_names([impl.plugin_name for impl in impls])
-    states = {}
-    for impl in impls:
-        kwargs = {"trainer": trainer} if "trainer" in impl.argnames else {}
-        value = impl.function(**kwargs)
-        if value is not None:
-            states[names[impl.plugin_name]] = value
-    return states
-
-
-def stable_plugin_names(names: Iterable[str]) -> dict[str, str]:
-    """Map plugin names to names that are the same in the next run.
-
-    A user callback is registered as ``callback:<Class>:<object id>``; the id changes from run
-    to run, so its state is stored as ``callback:<Class>`` (``#2``, ``#3`` for further
-    instances of the class, in registration order). Other names are already stable.
-    """
-    stable: dict[str, str] = {}
-    seen: dict[str, int] = {}
-    for name in names:
-        match = _CALLBACK_NAME_RE.match(name)
-        if match is None:
-            stable[name] = name
-            continue
-        base = match.group(1)
-        seen[base] = seen.get(base, 0) + 1
-        stable[name] = base if seen[base] == 1 else f"{base}#{seen[base]}"
-    return stable
-
-
-_CALLBACK_NAME_RE = re.compile(r"^(callback:[^:]+):[0-9a-f]+$")
-
-
-def _states_for_this_run(hooks: Any, saved: Mapping[str, Any]) -> dict[str, Any]:
-    """The saved plugin states under their stable names and under this run's plugin names."""
-    states = dict(saved)
-    current = [impl.plugin_name for impl in hooks.impls("treadle_checkpoint_state")]
-    for name, stable in stable_plugin_names(current).items():
-        if stable in saved:
-            states[name] = saved[stable]
-    return states
-
-
-def _record_callback_states(trainer: Any) -> None:
-    """Put each stateful callback's ``state()`` into ``state.stateful_callbacks`` by class name.
-
-    A class with several instances gets a list, in registration order.
-    """
-    getter = getattr(trainer, "stateful_callbacks", None)
-    if getter is None or not hasattr(trainer.state, "stateful_callbacks"):
-        return
-    states: dict[str, Any] = {}
-    for callback in getter():
-        name = type(callback).__name__
-        if name in states:
-            previous = states[name]
-            states[name] = (previous if isinstance(previous, list) else [previous]) + [callback.state()]
-        else:
-            states[name] = callback.state()
-    trainer.state.stateful_callbacks = states
-
-
-def capture_rng_state(trainer: Any) -> dict[str, Any]:
-    """Every random generator a resume must restore: python, numpy, torch CPU, the device's."""
-    import random
-
-    import numpy as np
-    import torch
-
-    backend = getattr(trainer, "backend", None)
-    return {
-        "python": random.getstate(),
-        "numpy": np.random.get_state(legacy=False),
-        "torch": torch.get_rng_state(),
-        "device": backend.rng_state() if backend is not None else {},
-    }
-
-
-def _write_manifest(directory: Path, step: int, kind: str, world_size: int) -> None:
-    """Hash and fsync every file in ``directory``, then write the manifest and fsync the dir."""
-    paths = sorted(p for p in directory.iterdir() if p.is_file())
-    digests = _map_files(lambda path: _sha256(path, fsync=True), paths)
-    files = {path.name: {"size": path.stat().st_size, "sha256": digest} for path, digest in zip(paths, digests)}
-    manifest = {
-        "format": MANIFEST_FORMAT,
-        "version": MANIFEST_VERSION,
-        "kind": kind,
-        "global_step": step,
-        "world_size": world_size,
-        "treadle_version": __version__,
-        "files": files,
-    }
-    write_bytes_durably(directory / MANIFEST_NAME, dump_json(manifest))
-    fsync_path(directory)
 
 
 def _publish(staging: Path, final: Path) -> None:
@@ -386,107 +260,6 @@ def _same_checkpoint(best: Optional[Union[str, os.PathLike]], checkpoints: list[
     return next((p for p in checkpoints if p.resolve() == target), None)
 
 
-# ================================================================================ verification
-
-
-def verify_checkpoint(path: Union[str, os.PathLike]) -> dict[str, Any]:
-    """Check a checkpoint against its manifest; return the manifest or raise ``CheckpointError``.
-
-    The verdict is cached for files whose size and modification time have not changed, so
-    resolving and then loading a checkpoint hashes it only once.
-    """
-    directory = Path(path)
-    if not directory.is_dir():
-        raise CheckpointError(f"{directory}: no such checkpoint directory")
-    manifest = _read_manifest(directory)
-    signature = _signature(directory, manifest)
-    if _verified.get(str(directory.resolve())) == signature:
-        return manifest
-    _map_files(lambda item: _check_file(directory, *item), list(manifest["files"].items()))
-    _verified[str(directory.resolve())] = signature
-    return manifest
-
-
-_verified: dict[str, tuple] = {}
-
-
-def _read_manifest(directory: Path) -> dict[str, Any]:
-    path = directory / MANIFEST_NAME
-    if not path.is_file():
-        hint = ""
-        if list_checkpoints(directory):
-            hint = " It holds checkpoint directories itself: pass one of them, or true for the newest."
-        raise CheckpointError(
-            f"{path} is missing: {directory} is not a complete treadle checkpoint (its save was interrupted, "
-            f"or another tool wrote it). Resume from another checkpoint (--resume_from_checkpoint true picks the "
-            f"newest complete one).{hint}"
-        )
-    try:
-        manifest = json.loads(path.read_text("utf-8"))
-        files = manifest["files"]
-        if manifest.get("format") != MANIFEST_FORMAT or not isinstance(files, dict):
-            raise ValueError("not a treadle checkpoint manifest")
-        for name, entry in files.items():
-            if "/" in name or "\\" in name or name in ("", ".", "..") or not {"size", "sha256"} <= set(entry):
-                raise ValueError(f"bad file entry {name!r}")
-    except (ValueError, KeyError, TypeError, AttributeError) as exc:
-        raise CheckpointError(
-            f"{path} is unreadable or damaged ({exc}); this checkpoint cannot be trusted, resume from another one"
-        ) from None
-    return manifest
-
-
-def _check_file(directory: Path, name: str, entry: Mapping[str, Any]) -> None:
-    path = directory / name
-    advice = "the checkpoint is damaged; resume from another one (--resume_from_checkpoint true skips damaged ones)"
-    if not path.is_file():
-        raise CheckpointError(f"{path} is missing (the manifest lists it); {advice}")
-    size = path.stat().st_size
-    if size != entry["size"]:
-        raise CheckpointError(f"{path} has {size} bytes but the manifest says {entry['size']} (truncated?); {advice}")
-    if _sha256(path) != entry["sha256"]:
-        raise CheckpointError(f"{path} does not match its sha256 in the manifest (corrupted or modified); {advice}")
-
-
-def _signature(directory: Path, manifest: Mapping[str, Any]) -> tuple:
-    stats = []
-    for name in [MANIFEST_NAME, *manifest["files"]]:
-        try:
-            st = (directory / name).stat()
-            stats.append((name, st.st_size, st.st_mtime_ns, st.st_ino))
-        except OSError:
-            stats.append((name, None))
-    return tuple(stats)
-
-
-def _sha256(path: Path, *, fsync: bool = False) -> str:
-    """The file's sha256; with ``fsync``, also force its data to disk."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while chunk := fh.read(_HASH_CHUNK):
-            digest.update(chunk)
-        if fsync:
-            os.fsync(fh.fileno())
-    return digest.hexdigest()
-
-
-def _map_files(work: Any, paths: list[Any]) -> list[Any]:
-    """``[work(p) for p in paths]`` on a few threads (hashing and fsync release the GIL), in order."""
-    if len(paths) < 2:
-        return [work(p) for p in paths]
-    from concurrent.futures import ThreadPoolExecutor
-
-    with ThreadPoolExecutor(max_workers=min(4, os.cpu_count() or 1, len(paths))) as pool:
-        return list(pool.map(work, paths))
-
-
-def _manifest_file(directory: Path, manifest: Mapping[str, Any], name: str) -> Path:
-    """A file the load needs: it must be listed (hence verified) in the manifest."""
-    if name not in manifest["files"]:
-        raise CheckpointError(f"{directory / name} is not in the checkpoint's manifest; the checkpoint is incomplete")
-    return directory / name
-
-
 # ================================================================================ resuming
 
 
@@ -505,6 +278,11 @@ def resolve_resume_checkpoint(resume_from_checkpoint: Any, output_dir: Union[str
     if value is True or (isinstance(value, str) and value.strip().lower() == "true"):
         return _newest_valid_checkpoint(Path(output_dir or "."))
     path = Path(value)
+    if not (path / MANIFEST_NAME).exists() and list_checkpoints(path):
+        raise CheckpointError(
+            f"resume_from_checkpoint={value}: {path} is an output directory, not a checkpoint; pass one of its "
+            "checkpoint-<step> directories, or true for the newest valid one"
+        )
     manifest = verify_checkpoint(path)
     _require_resumable(path, manifest)
     return path
@@ -559,7 +337,7 @@ def load_checkpoint(trainer: Any, path: Union[str, os.PathLike]) -> None:
     strategy = trainer.strategy
 
     def need(name: str) -> Path:
-        return _manifest_file(directory, manifest, name)
+        return manifest_file(directory, manifest, name)
 
     def saved(stem: str, component: Any) -> Any:
         """The stored state of ``component``, or None (with a warning when it was not stored)."""
@@ -583,11 +361,12 @@ def load_checkpoint(trainer: Any, path: Union[str, os.PathLike]) -> None:
             trainer.precision.load_state_dict(precision_state)
     _restore_trainer_state(trainer, need(TRAINER_STATE_NAME))
     if "plugin_states.json" in manifest["files"] and getattr(trainer, "run_hooks", None) is not None:
-        states = _states_for_this_run(trainer.run_hooks, load_state_files(directory, "plugin_states", need))
+        states = run_state.plugin_states_for_this_run(trainer.run_hooks, load_state_files(directory, "plugin_states", need))
         trainer.run_hooks.call("treadle_load_checkpoint_state", trainer=trainer, states=states)
     if getattr(trainer.args, "restore_callback_states_from_checkpoint", False):
-        _restore_callback_states(trainer)
-    _restore_rng_state(trainer, load_state_files(directory, _rng_state_file(directory, manifest, strategy), need))
+        run_state.restore_callback_states(trainer)
+    rng_stem = run_state.rng_state_stem(directory, manifest, strategy)
+    run_state.restore_rng_state(trainer, load_state_files(directory, rng_stem, need))
     logger.debug("loaded %s in %.3fs", directory, time.perf_counter() - started)
 
 
@@ -604,7 +383,7 @@ def load_best_model(trainer: Any) -> bool:
     directory = Path(best)
     try:
         manifest = verify_checkpoint(directory)
-        weights = read_weights(_manifest_file(directory, manifest, WEIGHTS_NAME))
+        weights = read_weights(manifest_file(directory, manifest, WEIGHTS_NAME))
     except CheckpointError as exc:
         logger.error("load_best_model_at_end: cannot load the best model (%s); keeping the final weights", exc)
         return False
@@ -643,46 +422,3 @@ def _restore_trainer_state(trainer: Any, path: Path) -> None:
         trainer.state = loaded
 
 
-def _restore_callback_states(trainer: Any) -> None:
-    """Give each stateful callback the state saved for its class (instances matched in order).
-
-    The callback object stays the one registered with the run; its attributes are replaced by
-    those of ``from_state(saved)``, so saved constructor arguments override the current ones.
-    """
-    getter = getattr(trainer, "stateful_callbacks", None)
-    saved = getattr(trainer.state, "stateful_callbacks", None) or {}
-    if getter is None:
-        return
-    pending = {name: list(value) if isinstance(value, list) else [value] for name, value in saved.items()}
-    for callback in getter():
-        queue = pending.get(type(callback).__name__)
-        if queue:
-            restored = type(callback).from_state(queue.pop(0))
-            callback.__dict__.update(vars(restored))
-
-
-def _rng_state_file(directory: Path, manifest: Mapping[str, Any], strategy: Any) -> str:
-    own = f"rng_state_{strategy.global_rank}"
-    if f"{own}.json" in manifest["files"]:
-        return own
-    if strategy.world_size > 1 or manifest.get("world_size", 1) > 1:
-        logger.warning(
-            "%s has no RNG state for process %d (saved with %s processes, now %d); random streams will differ "
-            "from the original run",
-            directory, strategy.global_rank, manifest.get("world_size", 1), strategy.world_size,
-        )
-    return "rng_state" if "rng_state.json" in manifest["files"] else "rng_state_0"
-
-
-def _restore_rng_state(trainer: Any, state: Mapping[str, Any]) -> None:
-    import random
-
-    import numpy as np
-    import torch
-
-    random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
-    torch.set_rng_state(state["torch"])
-    backend = getattr(trainer, "backend", None)
-    if backend is not None and state.get("device"):
-        backend.set_rng_state(state["device"])

@@ -104,7 +104,7 @@ class StepRecorder:
 
     @hookimpl
     def treadle_on_step_end(self, trainer: Any, state: Any) -> None:
-        from treadle.checkpoint import capture_rng_state
+        from treadle.run_state import capture_rng_state
 
         optimizer = trainer.optimizer
         self.records.append(
