@@ -256,9 +256,18 @@ def treadle_on_push_begin(
 
 @hookspec
 def treadle_checkpoint_state(trainer: Any) -> dict[str, Any] | None:
-    """Return JSON-serialisable state to store in the checkpoint under this plugin's name."""
+    """Return state to store in the checkpoint under this plugin's name.
+
+    Nested dicts, lists and tuples of numbers, strings, tensors and numpy arrays; tensors go
+    to safetensors, the rest to JSON (nothing is pickled, so anything else is an error). A user
+    callback's state is stored under ``callback:<ClassName>``.
+    """
 
 
 @hookspec
 def treadle_load_checkpoint_state(trainer: Any, states: Mapping[str, dict[str, Any]]) -> None:
-    """Restore state on resume; ``states`` maps plugin names to what they returned above."""
+    """Restore state on resume; ``states`` maps plugin names to what they returned above.
+
+    Called after the weights, optimizer, scheduler and trainer state are restored and before
+    the random generators are, so a hook may draw random numbers without shifting the run.
+    """
