@@ -229,11 +229,16 @@ def _train(args: Any, build: Callable, trainer_cls: Optional[type], *, resume: O
 
 
 def _task_builder(task: Union[str, Callable[[Any], Any]], args: Any) -> Callable[[Any], Any]:
+    """A function ``(args) -> TaskParts``; a task name goes through the registry and its checks."""
     if callable(task):
         return task
-    from treadle.plugins import get_plugin_manager
+    from treadle.run import build_task
 
-    return get_plugin_manager().resolve("task", task, args).load()
+    def build(run_args: Any) -> Any:
+        run_args.task = task
+        return build_task(run_args)
+
+    return build
 
 
 def _find_first_difference(report: ResumeReport, straight_weights: dict, resumed_weights: dict) -> None:
