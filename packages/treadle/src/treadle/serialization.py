@@ -18,6 +18,7 @@ this module exists to avoid.
 
 from __future__ import annotations
 
+import errno
 import json
 import math
 import os
@@ -172,10 +173,20 @@ def write_bytes_durably(path: Path, data: bytes) -> None:
 
 
 def fsync_path(path: Path) -> None:
-    """fsync a file or a directory (a directory fsync makes renames in it durable)."""
+    """fsync a file or a directory (a directory fsync makes renames in it durable).
+
+    Where directories cannot be fsynced (Windows, some network filesystems) that part is
+    skipped: those systems order metadata updates themselves or offer nothing better.
+    """
+    is_dir = os.path.isdir(path)
+    if is_dir and os.name == "nt":
+        return
     fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)
+    except OSError as exc:
+        if not (is_dir and exc.errno in (errno.EINVAL, errno.ENOTSUP, errno.EBADF)):
+            raise
     finally:
         os.close(fd)
 
