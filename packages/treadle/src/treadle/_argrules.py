@@ -40,19 +40,6 @@ INTERVAL_STRATEGIES = ("no", "steps", "epoch")
 SAVE_STRATEGIES = ("no", "steps", "epoch", "best")
 HUB_STRATEGIES = ("end", "every_save", "checkpoint", "all_checkpoints")
 LOG_LEVELS = {"debug": 10, "info": 20, "warning": 30, "error": 40, "critical": 50, "passive": -1}
-SCHEDULER_TYPES = (
-    "linear",
-    "cosine",
-    "cosine_with_restarts",
-    "polynomial",
-    "constant",
-    "constant_with_warmup",
-    "inverse_sqrt",
-    "reduce_lr_on_plateau",
-    "cosine_with_min_lr",
-    "cosine_warmup_with_min_lr",
-    "warmup_stable_decay",
-)
 HALF_PRECISION_BACKENDS = ("auto", "cuda_amp", "apex", "cpu_amp")
 FP16_OPT_LEVELS = ("O0", "O1", "O2", "O3")
 DDP_BACKENDS = ("nccl", "mpi", "ccl", "gloo", "hccl")
