@@ -195,3 +195,21 @@ def test_a_second_save_of_the_same_step_replaces_the_first(tmp_path):
     assert list_checkpoints(tmp_path) == [path]
     assert torch.equal(read_weights(path / "model.safetensors")["hidden.bias"], trainer.model.hidden.bias)
     assert resolve_resume_checkpoint(True, tmp_path) == path
+
+
+@pytest.mark.transformers
+def test_a_transformers_model_saved_by_treadle_loads_with_from_pretrained(tmp_path):
+    transformers = pytest.importorskip("transformers")
+    from treadle.args import TrainingArguments
+    from treadle.trainer import Trainer
+
+    config = transformers.GPT2Config(n_layer=1, n_head=2, n_embd=16, vocab_size=50, n_positions=32,
+                                     bos_token_id=0, eos_token_id=0)
+    model = transformers.GPT2LMHeadModel(config)  # lm_head is tied to the token embedding
+    trainer = Trainer(model=model, args=TrainingArguments(output_dir=str(tmp_path), report_to=["none"]))
+    save_model_files(trainer, tmp_path)
+    assert {"config.json", "model.safetensors", "training_args.json"} <= {p.name for p in tmp_path.iterdir()}
+    loaded = transformers.GPT2LMHeadModel.from_pretrained(str(tmp_path))
+    assert loaded.lm_head.weight.data_ptr() == loaded.transformer.wte.weight.data_ptr()
+    for (name, a), b in zip(model.state_dict().items(), loaded.state_dict().values()):
+        assert torch.equal(a, b), name
