@@ -166,6 +166,7 @@ class Trainer:
         self.eval_dataloader: Any = None
         self.hub: Any = None
         self._persistent_loaders: dict[int, tuple[Any, Any]] = {}
+        self._neftune_handle: Any = None
 
         self._configure_step()
         self.run_hooks = RunHooks()
@@ -219,6 +220,7 @@ class Trainer:
             return run(batch_size=self._train_batch_size)
         finally:
             self.is_in_train = False
+            self._remove_neftune()
 
     def _inner_training_loop(
         self, batch_size: int, resume_from_checkpoint: Any, trial: Any, ignore_keys_for_eval: Optional[list[str]]
@@ -547,9 +549,7 @@ class Trainer:
     def _finish_training(self, plan: TrainingPlan) -> TrainOutput:
         args, state = self.args, self.state
         self._sync_counters()
-        if getattr(self, "_neftune_handle", None) is not None:
-            self._neftune_handle.remove()
-            self._neftune_handle = None
+        self._remove_neftune()
         if args.load_best_model_at_end and state.best_model_checkpoint is not None:
             checkpoint = _checkpointing()
             if checkpoint is not None:
@@ -898,6 +898,11 @@ class Trainer:
                 "no embedding layer to add noise to"
             )
         return get_embeddings().register_forward_hook(neftune_hook(alpha))
+
+    def _remove_neftune(self) -> None:
+        if self._neftune_handle is not None:
+            self._neftune_handle.remove()
+            self._neftune_handle = None
 
     def call_model_init(self, trial: Any = None) -> nn.Module:
         """Build a fresh model with ``model_init`` (which may take the trial as its only argument)."""
