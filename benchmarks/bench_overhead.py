@@ -11,7 +11,8 @@ Both sides use the same model class, data, AdamW with the same decay groups, lin
 gradient clipping at 1.0 and a shuffled DataLoader. Per-step time is measured as the
 difference between a long and a short run divided by the step difference, so set-up costs
 (building the optimizer, spawning nothing, first-call warm-up) cancel out. Runs alternate
-between the two sides and the median of the repeats is reported.
+between the two sides; the ratio of the medians and the ratio of the best (least disturbed)
+repeats are both reported, with the range of the paired ratios to show the noise.
 
     python benchmarks/bench_overhead.py                 # both workloads
     python benchmarks/bench_overhead.py --workload mlp --repeats 7
@@ -147,6 +148,7 @@ def measure(workload: str, repeats: int, short: int, long: int) -> dict:
         "plain_ms_per_step": round(p * 1e3, 4),
         "treadle_ms_per_step": round(t * 1e3, 4),
         "ratio": round(t / p, 4),
+        "ratio_of_best": round(min(ours) / min(plain), 4),
         "ratio_range": [round(ratios[0], 4), round(ratios[-1], 4)],
         "repeats": repeats,
         "steps": [short, long],
@@ -159,7 +161,9 @@ def main() -> None:
     parser.add_argument("--workload", choices=["mlp", "gpt", "all"], default="all")
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--json", action="store_true", help="print one JSON object per workload")
+    parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads (1 is the least noisy on a shared machine)")
     opts = parser.parse_args()
+    torch.set_num_threads(opts.threads)
     plans = {"mlp": (200, 1200), "gpt": (20, 120)}
     for workload in (["mlp", "gpt"] if opts.workload == "all" else [opts.workload]):
         result = measure(workload, opts.repeats, *plans[workload])
@@ -170,7 +174,7 @@ def main() -> None:
             verdict = "meets" if result["ratio"] <= target else "misses"
             print(
                 f"{workload:4s} plain {result['plain_ms_per_step']:.3f} ms/step  treadle {result['treadle_ms_per_step']:.3f} ms/step  "
-                f"ratio {result['ratio']:.3f} (range {result['ratio_range'][0]:.3f}-{result['ratio_range'][1]:.3f}; "
+                f"ratio {result['ratio']:.3f} (best-of {result['ratio_of_best']:.3f}; range {result['ratio_range'][0]:.3f}-{result['ratio_range'][1]:.3f}; "
                 f"target <= {target}: {verdict})"
             )
 
