@@ -263,6 +263,7 @@ class Trainer:
         self._last_logged_step = self.state.global_step
         self._log_training_plan(plan)
         model.train()
+        self._switch_optimizer_mode("train")
         plan.start_time = time.perf_counter()
         if args.neftune_noise_alpha:
             self._neftune_handle = self._activate_neftune(args.neftune_noise_alpha)
@@ -313,6 +314,9 @@ class Trainer:
         self._grad_norm: Optional[torch.Tensor] = None
         self._max_grad_norm = args.max_grad_norm if args.max_grad_norm and args.max_grad_norm > 0 else None
         accumulating = args.gradient_accumulation_steps > 1
+        self._fused_backward = self._fused_backward_of(self.optimizer, accumulating)
+        if self._fused_backward is not None:
+            self._max_grad_norm = None  # the optimizer clips inside fused_backward; no gradient is left after it
         self._no_sync = self.strategy.no_backward_sync if accumulating and isinstance(self.strategy, NoSyncCapable) else None
         self._scheduler_per_step = self.lr_scheduler is not None and not _is_plateau(self.lr_scheduler)
         self._nan_policy = option_value(getattr(args, "nan_inf_policy", "warn")) or "warn"
@@ -332,6 +336,41 @@ class Trainer:
         # Overrides written for older signatures (without num_items_in_batch) keep working.
         self._step_takes_items = _accepts(self.training_step, "num_items_in_batch")
         self._loss_takes_items = _accepts(self.compute_loss, "num_items_in_batch")
+
+    def _fused_backward_of(self, optimizer: Any, accumulating: bool) -> Optional[Callable[[torch.Tensor, float], None]]:
+        """``optimizer.fused_backward`` for optimizers that update during backward (LOMO, AdaLomo).
+
+        Such an optimizer replaces backward + step: it takes the loss and the learning rate and
+        updates each parameter as soon as its gradient exists, so no gradient survives to be
+        accumulated, clipped or checked afterwards.
+        """
+        fused = getattr(optimizer, "fused_backward", None)
+        if not callable(fused):
+            return None
+        name = type(optimizer).__name__
+        if accumulating:
+            raise UsageError(
+                f"{name} updates the weights during backward (fused_backward), so it cannot accumulate gradients: "
+                "set --gradient_accumulation_steps 1 (raise the batch size instead)"
+            )
+        if option_value(getattr(self.args, "nan_inf_policy", "warn")) not in ("warn", None):
+            raise UsageError(
+                f"{name} updates the weights during backward (fused_backward), before a non-finite loss or "
+                "gradient could be noticed, so the step cannot be skipped or held back: use --nan_inf_policy warn"
+            )
+        # torch's schedulers warn on their first step unless step() ran; here fused_backward is the step
+        optimizer._opt_called = True
+        return fused
+
+    def _switch_optimizer_mode(self, mode: str) -> None:
+        """Call ``optimizer.train()`` / ``optimizer.eval()`` on optimizers that have them.
+
+        Schedule-free optimizers keep the weights at a point suited to taking steps while training
+        and swap in their averaged weights for evaluation and saving the final model.
+        """
+        switch = getattr(self.optimizer, mode, None)
+        if callable(switch):
+            switch()
 
     def _log_training_plan(self, plan: TrainingPlan) -> None:
         logger.info(
@@ -430,7 +469,7 @@ class Trainer:
             self._drop_non_finite_step(step_loss)
             return
         self._event("pre_optimizer_step")
-        stepped = self.strategy.optimizer_step(self.optimizer, model)
+        stepped = self._fused_backward is not None or self.strategy.optimizer_step(self.optimizer, model)
         self._event("optimizer_step")
         if stepped and self._scheduler_per_step:
             self.lr_scheduler.step()
@@ -534,6 +573,7 @@ class Trainer:
                 )
             self.lr_scheduler.step(metrics[key])
         self.model_wrapped.train()
+        self._switch_optimizer_mode("train")
         return metrics
 
     def _save_checkpoint(self, metrics: Optional[dict[str, float]]) -> None:
@@ -550,6 +590,7 @@ class Trainer:
         args, state = self.args, self.state
         self._sync_counters()
         self._remove_neftune()
+        self._switch_optimizer_mode("eval")  # the weights a schedule-free optimizer means to be used from now on
         if args.load_best_model_at_end and state.best_model_checkpoint is not None:
             checkpoint = _checkpointing()
             if checkpoint is not None:
@@ -655,6 +696,7 @@ class Trainer:
         loss_only = args.prediction_loss_only if prediction_loss_only is None else prediction_loss_only
         model = self._setup_model()
         model.eval()
+        self._switch_optimizer_mode("eval")
         self.eval_dataloader = dataloader
         include = set(args.include_for_metrics or [])
         per_batch_metrics = bool(args.batch_eval_metrics) and self.compute_metrics is not None
@@ -748,7 +790,10 @@ class Trainer:
         elif self._average_tokens and num_items_in_batch is not None:
             # normalised by the items of all processes, while the strategy averages gradients over them
             loss = loss * self.strategy.world_size
-        self.strategy.backward(loss, model)
+        if self._fused_backward is not None:
+            self._fused_backward(loss, self._current_learning_rate())  # backward and update in one pass
+        else:
+            self.strategy.backward(loss, model)
         return loss.detach()
 
     def compute_loss(
@@ -920,7 +965,10 @@ class Trainer:
         self.create_scheduler(num_training_steps=num_training_steps, optimizer=self.optimizer)
 
     def create_optimizer(self) -> torch.optim.Optimizer:
-        """The ``--optim`` optimizer, with weight decay on every parameter but biases and norms."""
+        """The ``--optim`` optimizer, with weight decay on every parameter but biases and norms.
+
+        A ``"params"`` key in the factory's keyword arguments replaces those parameter groups.
+        """
         if self.optimizer is None:
             model = self.model
             decay = set(self.get_decay_parameter_names(model))
@@ -936,7 +984,9 @@ class Trainer:
                 optimizer_cls, kwargs = self.optimizer_cls_and_kwargs
             else:
                 optimizer_cls, kwargs = self.get_optimizer_cls_and_kwargs(self.args, model)
-            self.optimizer = optimizer_cls(groups, **kwargs)
+            kwargs = dict(kwargs)  # the factory's (or the user's) dict stays as it was
+            # "params" overrides the loop's groups: GaLore / APOLLO bring their own, LOMO takes the model
+            self.optimizer = optimizer_cls(kwargs.pop("params", groups), **kwargs)
         return self.optimizer
 
     @staticmethod
