@@ -161,7 +161,7 @@ class Tally:
 def test_a_callbacks_plugin_state_finds_its_way_back(tmp_path):
     _train(tmp_path, callbacks=[Tally()], max_steps=4, save_strategy="steps", save_steps=4)
     saved = json.loads((tmp_path / "checkpoint-4" / "plugin_states.json").read_text())["tree"]
-    assert list(saved) == ["callback:Tally"]  # not the object id, which changes from run to run
+    assert [name for name in saved if name.startswith("callback:")] == ["callback:Tally"]  # no object id
     tally = Tally()
     _train(tmp_path, callbacks=[tally], max_steps=4, resume=True)
     assert tally.restored["steps"] == 4 and torch.equal(tally.restored["seen"], torch.arange(4))

@@ -3,6 +3,8 @@
 The loss of every micro-batch stays a device tensor until something is logged, so a training
 step never waits for the device (no ``.item()`` per step). Non-finite losses are counted when
 the window is read, and always reported, whatever ``logging_nan_inf_filter`` does to the mean.
+The window and the running totals go into checkpoints (``LossWindowState``), so a resumed run
+logs the same losses and the same ``train_loss`` as the run that never stopped.
 """
 
 from __future__ import annotations
@@ -11,9 +13,11 @@ import json
 import os
 import time
 from dataclasses import dataclass
-from typing import Any, Mapping, Optional
+from typing import Any, Callable, Mapping, Optional
 
 import torch
+
+from treadle.markers import hookimpl
 
 _COMPACT_AT = 1024
 
@@ -44,6 +48,9 @@ class LossWindow:
         self._count = 0
         self.total_loss = 0.0
         self.total_steps = 0
+        self.logged_step: Optional[int] = None
+        """The global step of the last log: the window holds the losses of the steps after it.
+        None until training starts (or a checkpoint restores it)."""
 
     def add(self, loss: torch.Tensor) -> None:
         self.pending.append(loss)
@@ -81,6 +88,50 @@ class LossWindow:
 
     def mean_train_loss(self) -> float:
         return self.total_loss / self.total_steps if self.total_steps else float("nan")
+
+    def state_dict(self) -> dict[str, Any]:
+        """The window as it is (not folded: a resumed run then sums the losses in the same order)."""
+        return {
+            "pending": torch.stack(self.pending) if self.pending else None,
+            "folded": list(self._folded) if self._folded is not None else None,
+            "count": self._count,
+            "total_loss": self.total_loss,
+            "total_steps": self.total_steps,
+            "logged_step": self.logged_step,
+        }
+
+    def load_state_dict(self, state: Mapping[str, Any], device: Any = None) -> None:
+        pending, folded = state["pending"], state["folded"]
+        self.pending = [] if pending is None else list(pending.to(device).unbind(0))
+        self._folded = None if folded is None else tuple(v.to(device) for v in folded)  # type: ignore[assignment]
+        self._count = int(state["count"])
+        self.total_loss = float(state["total_loss"])
+        self.total_steps = int(state["total_steps"])
+        self.logged_step = state["logged_step"]
+
+
+class LossWindowState:
+    """Core plugin of every run: the Trainer's ``LossWindow`` in checkpoints, by the public hooks.
+
+    Without it, the first log after a resume would average only the steps since the resume, and
+    ``train_loss`` would cover only the resumed part of the training.
+    """
+
+    name = "treadle:loss_window"
+
+    def __init__(self, window: Callable[[], LossWindow]) -> None:
+        self._window = window  # the Trainer makes a new window for each train()
+
+    @hookimpl
+    def treadle_checkpoint_state(self) -> dict[str, Any]:
+        return self._window().state_dict()
+
+    @hookimpl
+    def treadle_load_checkpoint_state(self, trainer: Any, states: Mapping[str, Any]) -> None:
+        saved = states.get(self.name)
+        if saved is not None:
+            device = getattr(trainer.strategy, "root_device", None) or "cpu"
+            self._window().load_state_dict(saved, device=device)
 
 
 def speed_metrics(

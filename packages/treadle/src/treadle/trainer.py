@@ -48,7 +48,7 @@ from treadle.errors import TreadleError, UsageError
 from treadle.evaluation import EvalLoopOutput, EvalPrediction, PredictionCollector, PredictionOutput, TrainOutput
 from treadle.events import EventDispatcher
 from treadle.flow import FlowPlugin, best_metric_key, option_value
-from treadle.metrics import LossWindow, TokenCounter, metrics_table, speed_metrics, to_python_number, write_results
+from treadle.metrics import LossWindow, LossWindowState, TokenCounter, metrics_table, speed_metrics, to_python_number, write_results
 from treadle.model_io import (
     InputMapper,
     accepts_loss_kwargs,
@@ -186,6 +186,7 @@ class Trainer:
     def _register_run_plugins(self, callbacks: list) -> None:
         """Flow plugin first (and ``tryfirst``), then reporters and hub, then the user's callbacks."""
         self.run_hooks.register(FlowPlugin(), name="treadle:flow")
+        self.run_hooks.register(LossWindowState(lambda: self._loss_window), name=LossWindowState.name)
         for name, reporter in build_reporters(self.args):
             self._register_callback(reporter, f"reporter:{name}")
         self.hub = build_hub(self.args)
@@ -260,7 +261,8 @@ class Trainer:
             self._resume(resume_from_checkpoint, plan)
         plan.first_epoch, plan.skip_batches = self._resume_position(plan)
         plan.start_step = self.state.global_step
-        self._last_logged_step = self.state.global_step
+        if self._loss_window.logged_step is None:  # else the checkpoint restored it, with the losses since
+            self._loss_window.logged_step = self.state.global_step
         self._log_training_plan(plan)
         model.train()
         self._switch_optimizer_mode("train")
@@ -536,7 +538,7 @@ class Trainer:
         control.should_log = control.should_evaluate = control.should_save = False
 
     def _log_training_progress(self) -> None:
-        steps = self.state.global_step - self._last_logged_step
+        steps = self.state.global_step - self._loss_window.logged_step
         if steps <= 0:
             return
         reading = self._loss_window.read(steps)
@@ -552,7 +554,7 @@ class Trainer:
         if self._skipped_in_window:
             logs["skipped_steps"] = self._skipped_in_window
             self._skipped_in_window = 0
-        self._last_logged_step = self.state.global_step
+        self._loss_window.logged_step = self.state.global_step
         self.log(logs)
 
     def _warn_non_finite(self, what: str) -> None:
@@ -595,7 +597,7 @@ class Trainer:
             checkpoint = _checkpointing()
             if checkpoint is not None:
                 checkpoint.load_best_model(self)
-        remaining = state.global_step - self._last_logged_step
+        remaining = state.global_step - self._loss_window.logged_step
         if remaining > 0 and self._loss_window.has_data():
             reading = self._loss_window.read(remaining)
             if reading.non_finite:

@@ -5,7 +5,8 @@ stopped after ``stop_at`` optimizer steps (with a checkpoint) and resumed in a f
 until ``max_steps``. A recorder registered with each Trainer writes down, after every optimizer
 step, a fingerprint of the batches the step consumed, the loss, the learning rate, the RNG
 states and the optimizer state, and the comparison names the first step and quantity that
-differ, or says the runs are identical (final weights compared bit for bit).
+differ, or says the runs are identical (the logged losses, ``train_loss`` and the final weights
+are compared too, bit for bit).
 
 Plugin authors can call ``verify_resume(args, stop_at)`` in their tests to check that their
 backend, precision or strategy resumes exactly.
@@ -16,6 +17,7 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
+import math
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -49,6 +51,11 @@ class ResumeReport:
     stop_at: int
     straight: list[StepRecord] = field(default_factory=list)
     resumed: list[StepRecord] = field(default_factory=list)
+    straight_logged: dict[int, float] = field(default_factory=dict)
+    """The ``loss`` of every training log, by step."""
+    resumed_logged: dict[int, float] = field(default_factory=dict)
+    straight_train_loss: Optional[float] = None
+    resumed_train_loss: Optional[float] = None
     first_difference: Optional[str] = None
     step: Optional[int] = None
     quantity: Optional[str] = None
@@ -62,7 +69,7 @@ class ResumeReport:
             return (
                 f"identical: {self.max_steps} steps straight and {self.stop_at} + resume + "
                 f"{self.max_steps - self.stop_at} agree on every batch, loss, learning rate, RNG state, "
-                "optimizer state and the final weights"
+                "optimizer state, logged loss, train_loss and the final weights"
             )
         return f"different: {self.first_difference}"
 
@@ -95,6 +102,8 @@ class StepRecorder:
 
     def __init__(self) -> None:
         self.records: list[StepRecord] = []
+        self.logged: dict[int, float] = {}
+        self.train_loss: Optional[float] = None
         self._batches: list[str] = []
         self._losses: list[float] = []
 
@@ -119,6 +128,13 @@ class StepRecorder:
             )
         )
         self._batches, self._losses = [], []
+
+    @hookimpl
+    def treadle_on_log(self, state: Any, logs: dict[str, Any]) -> None:
+        if "loss" in logs:
+            self.logged[state.global_step] = float(logs["loss"])
+        if "train_loss" in logs:
+            self.train_loss = float(logs["train_loss"])
 
 
 class StopAt:
@@ -190,7 +206,11 @@ def _compare_runs(
     say(f"verify-resume 3/3: resume from checkpoint-{stop_at} in a new Trainer, steps {stop_at + 1} to {max_steps}")
     second_leg, resumed_weights = _train(resumed_args, build, trainer_cls, resume=str(checkpoint), stop_at=None)
 
-    report = ResumeReport(max_steps=args.max_steps, stop_at=stop_at, straight=straight, resumed=first_leg + second_leg)
+    report = ResumeReport(
+        max_steps=args.max_steps, stop_at=stop_at, straight=straight.records, resumed=first_leg.records + second_leg.records,
+        straight_logged=straight.logged, resumed_logged={**first_leg.logged, **second_leg.logged},
+        straight_train_loss=straight.train_loss, resumed_train_loss=second_leg.train_loss,
+    )
     _find_first_difference(report, straight_weights, resumed_weights)
     return report
 
@@ -225,7 +245,7 @@ def _train(args: Any, build: Callable, trainer_cls: Optional[type], *, resume: O
     )
     trainer.train(resume_from_checkpoint=resume)
     weights = {k: v.detach().cpu().clone() for k, v in trainer.strategy.model_state_dict(trainer.model).items()}
-    return recorder.records, weights
+    return recorder, weights
 
 
 def _task_builder(task: Union[str, Callable[[Any], Any]], args: Any) -> Callable[[Any], Any]:
@@ -262,7 +282,36 @@ def _find_first_difference(report: ResumeReport, straight_weights: dict, resumed
         report.step, report.quantity = extra[0], "step"
         report.first_difference = f"the resumed run ran step {extra[0]}, which the straight run never reached"
         return
-    _compare_weights(report, straight_weights, resumed_weights)
+    if not _compare_logged_losses(report):
+        _compare_weights(report, straight_weights, resumed_weights)
+
+
+def _compare_logged_losses(report: ResumeReport) -> bool:
+    """Name the first logged ``loss``, else the ``train_loss``, that differs; True if one does.
+
+    Every step agreed by now, so a difference here means the resume lost the losses logged (or
+    summed into ``train_loss``) before the stop.
+    """
+    straight, resumed = report.straight_logged, report.resumed_logged
+    differences = [
+        (step, "logged loss", straight.get(step), resumed.get(step))
+        for step in sorted(set(straight) | set(resumed))
+        if not _same_number(straight.get(step), resumed.get(step))
+    ]
+    if not _same_number(report.straight_train_loss, report.resumed_train_loss):
+        differences.append((report.max_steps, "train_loss", report.straight_train_loss, report.resumed_train_loss))
+    if not differences:
+        return False
+    step, quantity, a, b = differences[0]
+    report.step, report.quantity = step, quantity
+    report.first_difference = f"step {step}: {quantity} differs: straight {a}, resumed {b}"
+    return True
+
+
+def _same_number(a: Optional[float], b: Optional[float]) -> bool:
+    if a is None or b is None:
+        return a is b
+    return a == b or (math.isnan(a) and math.isnan(b))
 
 
 def _compare_weights(report: ResumeReport, straight: dict, resumed: dict) -> None:
