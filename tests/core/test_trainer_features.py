@@ -14,6 +14,7 @@ from trainer_kit import (
     Classifier,
     CountingBackend,
     CountingDataset,
+    DropoutClassifier,
     Recorder,
     identical_weights,
     make_args,
@@ -270,15 +271,6 @@ def test_group_by_length_batches_samples_of_similar_length(tmp_path):
 # --------------------------------------------------------------------------------------------
 
 
-class Dropout(Classifier):
-    def __init__(self) -> None:
-        super().__init__()
-        self.drop = nn.Dropout(0.2)
-
-    def logits(self, x):
-        return self.out(self.norm(self.drop(torch.relu(self.hidden(x)))))
-
-
 @pytest.mark.parametrize(
     ("stop_at", "accumulation", "workers"),
     [(4, 1, 0), (8, 1, 0), (3, 2, 2)],
@@ -287,13 +279,13 @@ class Dropout(Classifier):
 def test_resuming_reproduces_the_uninterrupted_run_without_rereading_data(tmp_path, stop_at, accumulation, workers):
     common = {"max_steps": 10, "gradient_accumulation_steps": accumulation, "dataloader_num_workers": workers,
               "save_strategy": "steps", "save_steps": stop_at}
-    straight = Trainer(Dropout(), make_args(tmp_path / "a", **common), train_dataset=make_data(64))
+    straight = Trainer(DropoutClassifier(), make_args(tmp_path / "a", **common), train_dataset=make_data(64))
     straight.train()
 
-    first = Trainer(Dropout(), make_args(tmp_path / "b", **{**common, "max_steps": stop_at}), train_dataset=make_data(64))
+    first = Trainer(DropoutClassifier(), make_args(tmp_path / "b", **{**common, "max_steps": stop_at}), train_dataset=make_data(64))
     first.train()
     data = CountingDataset(make_data(64))
-    resumed = Trainer(Dropout(), make_args(tmp_path / "b", **common), train_dataset=data)
+    resumed = Trainer(DropoutClassifier(), make_args(tmp_path / "b", **common), train_dataset=data)
     recorder = Recorder()
     resumed.add_callback(recorder)
     resumed.train(resume_from_checkpoint=str(tmp_path / "b" / "out" / f"checkpoint-{stop_at}"))

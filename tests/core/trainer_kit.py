@@ -49,6 +49,17 @@ class Classifier(nn.Module):
         return {"loss": F.cross_entropy(logits, labels), "logits": logits}
 
 
+class DropoutClassifier(Classifier):
+    """``Classifier`` with dropout, so every training forward draws from torch's RNG."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.drop = nn.Dropout(0.2)
+
+    def logits(self, x: torch.Tensor) -> torch.Tensor:
+        return self.out(self.norm(self.drop(torch.relu(self.hidden(x)))))
+
+
 def weights(model: nn.Module) -> dict[str, torch.Tensor]:
     return {k: v.detach().clone() for k, v in model.state_dict().items()}
 

@@ -31,6 +31,7 @@ from typing import Any, Callable, Iterator, Optional, Union
 import torch
 from torch import nn
 
+from treadle.batch_size_search import StartingPoint, recorded_batch_size
 from treadle.callbacks import as_hook_plugin, has_hookimpls, plugin_name
 from treadle.components import NoSyncCapable, Precision
 from treadle.data import (
@@ -217,7 +218,7 @@ class Trainer:
                 ignore_keys_for_eval=ignore_keys_for_eval,
             )
             if self.args.auto_find_batch_size:
-                return self._with_batch_size_search(run)
+                return self._with_batch_size_search(run, resume_from_checkpoint)
             return run(batch_size=self._train_batch_size)
         finally:
             self.is_in_train = False
@@ -616,18 +617,38 @@ class Trainer:
 
     # -- automatic batch size --------------------------------------------------------------------
 
-    def _with_batch_size_search(self, run: Callable[..., TrainOutput]) -> TrainOutput:
-        """``auto_find_batch_size``: on an out-of-memory error, halve the batch and start again."""
-        batch_size = self._train_batch_size
+    def _with_batch_size_search(self, run: Callable[..., TrainOutput], resume_from_checkpoint: Any) -> TrainOutput:
+        """``auto_find_batch_size``: on an out-of-memory error, halve the batch and start again.
+
+        Each retry starts from the weights, optimizer / scheduler state and RNG states the first
+        attempt started from (see ``treadle.batch_size_search``). A resume starts the search from
+        the batch size recorded in its checkpoint.
+        """
+        batch_size, resume_from_checkpoint = self._search_start(resume_from_checkpoint)
+        start = StartingPoint(self, self.model, self._user_optimizer, self._user_scheduler)
         while True:
             try:
-                return run(batch_size=batch_size)
+                return run(batch_size=batch_size, resume_from_checkpoint=resume_from_checkpoint)
             except Exception as exc:
                 if not _is_out_of_memory(exc) or batch_size <= 1:
                     raise
                 batch_size //= 2
                 logger.warning("out of memory; retrying with per-device batch size %d (auto_find_batch_size)", batch_size)
                 self._forget_run_objects()
+                start.restore()
+
+    def _search_start(self, resume_from_checkpoint: Any) -> tuple[int, Any]:
+        """The batch size to try first, and the checkpoint to resume from (resolved here, once)."""
+        checkpoint = _checkpointing()
+        if checkpoint is None or resume_from_checkpoint in (None, False):
+            return self._train_batch_size, resume_from_checkpoint
+        path = checkpoint.resolve_resume_checkpoint(resume_from_checkpoint, self.args.output_dir)
+        if path is None:
+            return self._train_batch_size, None
+        recorded = recorded_batch_size(path, checkpoint.TRAINER_STATE_NAME)
+        if recorded and recorded != self._train_batch_size:
+            logger.info("auto_find_batch_size: %s was trained with %d per device; starting from that", path.name, recorded)
+        return recorded or self._train_batch_size, str(path)
 
     def _forget_run_objects(self) -> None:
         if self.optimizer is not None:
