@@ -102,7 +102,7 @@ def _run(command: str, rest: list[str]) -> int:
         return 0
     from treadle.config import parse_arguments
 
-    extra = {"stop_at": "str"} if command == "verify-resume" else None
+    extra = {"stop_at": "str", "verbose": "bool"} if command == "verify-resume" else None
     parsed = parse_arguments(rest, extra_flags=extra)
     if command == "verify-resume":
         return _verify_resume(parsed)
@@ -117,7 +117,7 @@ def _verify_resume(parsed: Any) -> int:
         raise UsageError("verify-resume needs --stop_at N (the optimizer step at which to stop and resume)")
     from treadle.verify_resume import run_cli
 
-    return run_cli(parsed.args, int(stop_at))
+    return run_cli(parsed.args, int(stop_at), verbose=bool(parsed.extras.get("verbose")))
 
 
 def _wants_help(rest: list[str]) -> bool:
@@ -150,6 +150,7 @@ def training_help(command: str) -> str:
     ]
     if command == "verify-resume":
         lines.append("--stop_at N: the optimizer step at which the second run stops and resumes.")
+        lines.append("--verbose: show the progress bars and log lines of the three runs (hidden by default).")
     groups: dict[str, list[Any]] = {}
     for info in fields.values():
         groups.setdefault("Deprecated aliases" if info.deprecated_for else info.group, []).append(info)

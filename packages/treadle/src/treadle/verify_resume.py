@@ -10,13 +10,18 @@ are compared too, bit for bit).
 
 Plugin authors can call ``verify_resume(args, stop_at)`` in their tests to check that their
 backend, precision or strategy resumes exactly.
+
+The three runs are quiet (no progress bars, only warnings and errors logged) unless
+``verbose``: what matters is the verdict, and the progress lines say which run is going on.
 """
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import hashlib
 import json
+import logging
 import math
 import tempfile
 from dataclasses import dataclass, field
@@ -170,6 +175,7 @@ def verify_resume(
     trainer_cls: Optional[type] = None,
     workdir: Union[str, Path, None] = None,
     progress: Optional[Callable[[str], None]] = None,
+    verbose: bool = False,
 ) -> ResumeReport:
     """Train ``args.max_steps`` steps straight, and ``stop_at`` + resume + the rest; compare.
 
@@ -177,6 +183,7 @@ def verify_resume(
     (default: ``args.task``). ``args.output_dir`` is not touched: both runs write under
     ``workdir`` (a temporary directory by default, removed afterwards). ``trainer_cls`` lets a
     Trainer subclass be checked; ``progress`` receives a line as each of the three runs starts.
+    ``verbose`` lets the runs show their progress bars and log lines.
     """
     max_steps = int(getattr(args, "max_steps", -1) or -1)
     if max_steps <= 0:
@@ -185,10 +192,32 @@ def verify_resume(
         raise UsageError(f"--stop_at must be between 1 and max_steps - 1 = {max_steps - 1}, got {stop_at}")
     build = _task_builder(task if task is not None else getattr(args, "task", "demo"), args)
     say = progress or (lambda line: None)
-    if workdir is not None:
-        return _compare_runs(args, stop_at, build, Path(workdir), trainer_cls, say)
-    with tempfile.TemporaryDirectory(prefix="treadle-verify-resume-") as tmp:
-        return _compare_runs(args, stop_at, build, Path(tmp), trainer_cls, say)
+    if not verbose:
+        args = _quiet(args)
+    with _treadle_log_level_kept():
+        if workdir is not None:
+            return _compare_runs(args, stop_at, build, Path(workdir), trainer_cls, say)
+        with tempfile.TemporaryDirectory(prefix="treadle-verify-resume-") as tmp:
+            return _compare_runs(args, stop_at, build, Path(tmp), trainer_cls, say)
+
+
+def _quiet(args: Any) -> Any:
+    """A copy of ``args`` whose runs show no progress bar and log only warnings and errors."""
+    quiet = copy.deepcopy(args)
+    quiet.disable_tqdm = True
+    quiet.log_level = quiet.log_level_replica = "warning"
+    return quiet
+
+
+@contextlib.contextmanager
+def _treadle_log_level_kept():
+    """Give the ``treadle`` logger its level back: each run sets it from its ``log_level``."""
+    treadle_logger = logging.getLogger("treadle")
+    level = treadle_logger.level
+    try:
+        yield
+    finally:
+        treadle_logger.setLevel(level)
 
 
 def _compare_runs(
@@ -328,11 +357,11 @@ def _compare_weights(report: ResumeReport, straight: dict, resumed: dict) -> Non
             return
 
 
-def run_cli(args: Any, stop_at: int) -> int:
+def run_cli(args: Any, stop_at: int, verbose: bool = False) -> int:
     """``treadle verify-resume``: print the report; exit 0 when identical, 1 otherwise."""
     import sys
 
-    report = verify_resume(args, stop_at, progress=lambda line: print(line, file=sys.stderr, flush=True))
+    report = verify_resume(args, stop_at, progress=lambda line: print(line, file=sys.stderr, flush=True), verbose=verbose)
     print(report)
     return 0 if report.identical else 1
 
