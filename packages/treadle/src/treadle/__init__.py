@@ -25,6 +25,13 @@ _LAZY = {
     "Reporter": "treadle.components",
     "HubSync": "treadle.components",
     "get_plugin_manager": "treadle.plugins",
+    "TrainerCallback": "treadle.callbacks",
+    "EarlyStoppingCallback": "treadle.callbacks",
+    "EvalPrediction": "treadle.evaluation",
+    "PredictionOutput": "treadle.evaluation",
+    "TrainOutput": "treadle.evaluation",
+    "DataCollatorWithPadding": "treadle.data",
+    "default_data_collator": "treadle.data",
 }
 
 __all__ = ["__version__", "hookimpl", "TreadleError", "UsageError", "PluginError", "CheckpointError", *_LAZY]
