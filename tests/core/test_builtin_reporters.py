@@ -87,7 +87,7 @@ def test_console_without_tqdm_keeps_the_lines(tmp_path, caplog, capsys):
     run = _Run(reporter, args, _state())
     run("train_begin")
     run.steps(3)
-    run("prediction_step")
+    run("prediction_step", num_batches=4)
     run("log", logs={"eval_loss": 0.5})
     run("evaluate", metrics={"eval_loss": 0.5})
     run("train_end")
@@ -141,17 +141,17 @@ def test_console_restores_the_logger_level_it_changed(tmp_path):
     assert logger.level == before
 
 
-def test_console_eval_bar_opens_per_evaluation(tmp_path, capsys):
+def test_console_eval_bar_opens_per_evaluation_with_its_total(tmp_path, capsys):
     args = TrainingArguments(str(tmp_path))
     reporter = ConsoleReporter(args)
     run = _Run(reporter, args, _state())
-    for event in ("evaluate", "predict"):
+    for event, total in (("evaluate", 3), ("predict", None)):  # None: data without a length
         for _ in range(3):
-            run("prediction_step")
-        assert reporter._eval_bar.n == 3
+            run("prediction_step", num_batches=total)
+        assert (reporter._eval_bar.n, reporter._eval_bar.total) == (3, total)
         run(event, metrics={})
         assert reporter._eval_bar is None
-    assert "eval" in capsys.readouterr().err
+    assert "eval: 100%" in capsys.readouterr().err
 
 
 def test_console_is_silent_off_the_main_process(tmp_path, caplog, capsys):
@@ -161,7 +161,7 @@ def test_console_is_silent_off_the_main_process(tmp_path, caplog, capsys):
     run = _Run(reporter, args, _state(is_world_process_zero=False))
     run("train_begin")
     run.steps(2)
-    run("prediction_step")
+    run("prediction_step", num_batches=4)
     run("log", logs={"loss": 1.0})
     run("train_end")
     assert _console_lines(caplog) == []

@@ -9,6 +9,7 @@ from torch import nn
 from torch.nn import functional as F
 from trainer_kit import CLASSES, Classifier, Recorder, make_args, make_data
 from treadle.evaluation import Accumulator, EvalPrediction
+from treadle.markers import hookimpl
 from treadle.trainer import Trainer
 
 
@@ -158,3 +159,19 @@ def test_preprocess_logits_for_metrics_runs_per_batch_before_accumulation(tmp_pa
     out = trainer.predict(make_data(40))
     assert shapes == [(16, CLASSES), (16, CLASSES), (8, CLASSES)]
     assert out.predictions.shape == (40,) and "test_correct" in out.metrics
+
+
+class BatchCounts:
+    def __init__(self) -> None:
+        self.seen: list = []
+
+    @hookimpl
+    def treadle_on_prediction_step(self, num_batches) -> None:
+        self.seen.append(num_batches)
+
+
+def test_prediction_steps_say_how_many_batches_there_are(tmp_path):
+    counts = BatchCounts()
+    trainer = Trainer(Classifier(), make_args(tmp_path, per_device_eval_batch_size=16), callbacks=[counts])
+    trainer.evaluate(make_data(40))
+    assert counts.seen == [3, 3, 3]

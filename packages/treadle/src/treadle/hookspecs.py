@@ -224,8 +224,15 @@ def treadle_on_predict(
 
 
 @hookspec
-def treadle_on_prediction_step(trainer: Any, args: TrainingArguments, state: TrainerState, control: TrainerControl) -> None:
-    """One evaluation or prediction batch was processed."""
+def treadle_on_prediction_step(
+    trainer: Any, args: TrainingArguments, state: TrainerState, control: TrainerControl, num_batches: int | None
+) -> None:
+    """One evaluation or prediction batch was processed.
+
+    ``num_batches``: how many batches this evaluation or prediction runs on this process (the
+    total of a progress bar), or None when the data has no length. Like every argument, an
+    implementation takes it only if it needs it.
+    """
 
 
 @hookspec

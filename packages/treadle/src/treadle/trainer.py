@@ -742,7 +742,7 @@ class Trainer:
                 batch_losses = losses if "loss" in include else None
                 metrics = self.compute_metrics(EvalPrediction(logits, labels, inputs, batch_losses), compute_result=is_last)
             observed += batch_size
-            self._event("prediction_step")
+            self._event("prediction_step", num_batches=num_batches)
 
         dataset = getattr(dataloader, "dataset", None)
         observed *= self.strategy.world_size

@@ -137,12 +137,13 @@ class ConsoleReporter(Reporter):
             self._shown_step = state.global_step
 
     @hookimpl
-    def treadle_on_prediction_step(self, args: Any, state: Any) -> None:
+    def treadle_on_prediction_step(self, args: Any, state: Any, num_batches: Optional[int]) -> None:
         if args.disable_tqdm or not self._should_report(state):
             return
         if self._eval_bar is None:
-            # The batch count is not part of the event, so this bar counts without a total.
-            self._eval_bar = tqdm(desc="eval", unit="batch", leave=self._train_bar is None, dynamic_ncols=True)
+            self._eval_bar = tqdm(
+                total=num_batches, desc="eval", unit="batch", leave=self._train_bar is None, dynamic_ncols=True
+            )
         self._eval_bar.update(1)
 
     @hookimpl
