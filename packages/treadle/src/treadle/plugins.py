@@ -25,6 +25,7 @@ import os
 import sys
 import warnings
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Callable, Iterable, Optional
 
 import pluggy
@@ -93,9 +94,49 @@ def import_target(target: str) -> Any:
     """Import ``"package.module:attr.path"`` and return the attribute."""
     module_name, _, attr_path = target.partition(":")
     obj: Any = importlib.import_module(module_name)
+    return _attribute(obj, attr_path)
+
+
+def _attribute(obj: Any, attr_path: str) -> Any:
     for part in filter(None, attr_path.split(".")):
         obj = getattr(obj, part)
     return obj
+
+
+def import_user_target(target: str) -> Any:
+    """Import a user's ``module:attr`` or ``path/to/file.py:attr`` as ``python -m`` / ``python file.py`` would.
+
+    The ``treadle`` console script, unlike ``python -m treadle``, does not put the current
+    directory on ``sys.path``; a ``mymod:build`` next to the user must work under both.
+    """
+    location, _, attr_path = target.rpartition(":")
+    if location.endswith(".py") or "/" in location or os.sep in location:
+        return _attribute(_import_file(Path(location)), attr_path)
+    cwd = os.getcwd()
+    if "" not in sys.path and cwd not in sys.path:
+        sys.path.insert(0, cwd)
+    return _attribute(importlib.import_module(location), attr_path)
+
+
+def _import_file(path: Path) -> Any:
+    if not path.is_file():
+        raise FileNotFoundError(f"no such file: {path} (relative to {os.getcwd()})")
+    path = path.resolve()
+    name = path.stem
+    existing = sys.modules.get(name)
+    if existing is not None and getattr(existing, "__file__", None) and Path(existing.__file__).resolve() == path:
+        return existing
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    if str(path.parent) not in sys.path:  # its sibling modules import as they would under `python file.py`
+        sys.path.insert(0, str(path.parent))
+    sys.modules[name] = module
+    try:
+        spec.loader.exec_module(module)
+    except BaseException:
+        sys.modules.pop(name, None)
+        raise
+    return module
 
 
 # ---------------------------------------------------------------------------------------------
@@ -154,6 +195,7 @@ class ComponentSpec:
     init: dict[str, Any] = field(default_factory=dict)
     compat: dict[str, tuple[str, ...]] = field(default_factory=dict)
     defaults: dict[str, Any] = field(default_factory=dict)
+    user_code: bool = False  # target given on the command line: imported from the current dir or a .py file
 
     @property
     def distribution(self) -> str:
@@ -183,7 +225,7 @@ class ComponentSpec:
                 f"install {'it' if len(missing) == 1 else 'them'} (pip install {' '.join(missing)}) and try again."
             )
         try:
-            return import_target(self.target)
+            return (import_user_target if self.user_code else import_target)(self.target)
         except Exception as exc:  # any import-time failure of the plugin's own module
             raise PluginError(
                 f"{self.kind} '{self.name}' from {self.plugin.label} failed to import "

@@ -140,14 +140,16 @@ def treadle_register_tasks(register: Any) -> None:
 
 @hookimpl(trylast=True)
 def treadle_resolve_component(kind: str, name: str) -> Any:
-    """Accept ``module:attr`` for any kind, so user code needs no plugin to be selected."""
+    """Accept ``module:attr`` or ``path/to/file.py:attr`` for any kind, so user code needs no plugin."""
     if ":" not in name or kind not in {"task", "optimizer", "scheduler", "reporter", "backend", "precision", "strategy"}:
         return None
     from treadle.plugins import BUILTIN_PLUGIN_NAME, ComponentSpec, PluginRecord
 
-    module = name.partition(":")[0]
+    module = name.rpartition(":")[0]
     record = PluginRecord(BUILTIN_PLUGIN_NAME, f"user code ({module})", "-", module)
-    return ComponentSpec(kind=kind, name=name, target=name, plugin=record, description="given as module:attr")
+    return ComponentSpec(
+        kind=kind, name=name, target=name, plugin=record, description="given as module:attr", user_code=True
+    )
 
 
 @hookimpl(trylast=True)

@@ -1,0 +1,41 @@
+"""User mistakes end in one clear message and a non-zero exit, never a traceback (in-process CLI)."""
+
+import sys
+
+import pytest
+
+from treadle.cli import main
+
+QUICK = ["--max_steps", "1", "--eval_strategy", "no", "--report_to", "none", "--disable_tqdm", "true"]
+
+
+@pytest.fixture
+def user_dir(tmp_path, monkeypatch):
+    """Run in tmp_path with sys.path / sys.modules restored afterwards (user task modules get imported)."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "path", list(sys.path))
+    before = set(sys.modules)
+    yield tmp_path
+    for name in set(sys.modules) - before:
+        if not name.startswith(("torch", "treadle", "numpy", "safetensors")):
+            del sys.modules[name]
+
+
+def write_task(directory, name, body):
+    path = directory / name
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("from treadle.builtin.demo_task import build as demo_build\nfrom treadle.components import TaskParts\n" + body)
+    return path
+
+
+def test_task_given_as_a_python_file_path(user_dir, capsys):
+    write_task(user_dir, "tasks/file_task.py", "def build(args):\n    print('FILE TASK')\n    return demo_build(args)\n")
+    assert main(["train", "--task", "tasks/file_task.py:build", *QUICK, "--output_dir", "out"]) == 0
+    out = capsys.readouterr().out
+    assert "FILE TASK" in out and "trained 1 steps" in out
+
+
+def test_missing_task_file_is_one_message(user_dir, capsys):
+    assert main(["train", "--task", "nowhere/task.py:build", *QUICK]) == 2
+    err = capsys.readouterr().err
+    assert "nowhere/task.py" in err and "Traceback" not in err
