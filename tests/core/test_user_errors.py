@@ -39,3 +39,32 @@ def test_missing_task_file_is_one_message(user_dir, capsys):
     assert main(["train", "--task", "nowhere/task.py:build", *QUICK]) == 2
     err = capsys.readouterr().err
     assert "nowhere/task.py" in err and "Traceback" not in err
+
+
+# --- credentials never appear in a message
+
+
+def test_alias_conflict_masks_both_tokens(capsys):
+    assert main(["args", "--push_to_hub_token", "SECRET-A", "--hub_token", "SECRET-B"]) == 2
+    err = capsys.readouterr().err
+    assert "push_to_hub_token" in err and "SECRET" not in err
+
+
+def test_wrong_type_of_token_is_masked():
+    from treadle.args import TrainingArguments
+
+    with pytest.raises(ValueError) as info:
+        TrainingArguments(hub_token=["SECRET-C"])
+    assert "hub_token" in str(info.value) and "SECRET" not in str(info.value)
+
+
+def test_config_conversion_masks_a_secret_field():
+    from treadle.config import FieldInfo, _check_choice, convert
+    from treadle.errors import UsageError
+
+    with pytest.raises(UsageError) as info:
+        convert(FieldInfo("wandb_api_key", int, None), "SECRET-D", where="command line")
+    assert "wandb_api_key" in str(info.value) and "SECRET" not in str(info.value)
+    with pytest.raises(UsageError) as info:
+        _check_choice(FieldInfo("tracker_token", str, None, choices=("SECRET-E",)), "SECRET-F", "command line")
+    assert "tracker_token" in str(info.value) and "SECRET-F" not in str(info.value)

@@ -107,8 +107,16 @@ def _is_number(value) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
-def _fmt(value) -> str:
+def format_value(value, name: str = "") -> str:
+    """``repr`` for a message, with credentials hidden: a secret field's value, a secret key's value."""
+    if value is not None and name and is_secret(name):
+        return "***"
+    if isinstance(value, dict):
+        return repr({k: "***" if isinstance(k, str) and is_secret(k) and v is not None else v for k, v in value.items()})
     return repr(value)
+
+
+_fmt = format_value
 
 
 def _strip_optional(tp):
@@ -203,7 +211,7 @@ def coerce(args, hints: dict[str, Any]) -> list[str]:
             else:
                 new = value
         except ValueError as exc:
-            problems.append(f"{f.name}: {exc} (got {_fmt(value)})")
+            problems.append(f"{f.name}: {exc} (got {_fmt(value, f.name)})")
             continue
         object.__setattr__(args, f.name, new)
     return problems
@@ -252,7 +260,7 @@ def apply_aliases(args, aliases: dict[str, str], defaults: dict[str, Any]) -> li
         current = getattr(args, new)
         if _differs_from_default(args, new, defaults) and current != converted:
             problems.append(
-                f"{old}: deprecated alias of {new}, but both are given ({old}={_fmt(getattr(args, old))}, {new}={_fmt(current)})"
+                f"{old}: deprecated alias of {new}, but both are given ({old}={_fmt(getattr(args, old), old)}, {new}={_fmt(current, new)})"
             )
         else:
             object.__setattr__(args, new, converted)
@@ -267,7 +275,7 @@ def apply_aliases(args, aliases: dict[str, str], defaults: dict[str, Any]) -> li
             problems.append(f"{old}: cannot be merged into {new} given as a file path; put '{key}' in that file")
             return
         if key in target and target[key] != converted:
-            problems.append(f"{old}: conflicts with {new}['{key}']={_fmt(target[key])}")
+            problems.append(f"{old}: conflicts with {new}['{key}']={_fmt(target[key], key)}")
             return
         object.__setattr__(args, new, {**target, key: converted})
 
@@ -653,11 +661,11 @@ def selectors(args):
     for name in ("backend", "task"):
         value = getattr(args, name)
         if not isinstance(value, str) or not value.strip() or re.search(r"\s", value):
-            yield f"{name}: must be a single name, got {_fmt(value)}"
+            yield f"{name}: must be a single name, got {_fmt(value, name)}"
     for name in ("precision", "strategy"):
         value = getattr(args, name)
         if value is not None and (not isinstance(value, str) or not value.strip() or re.search(r"\s", value)):
-            yield f"{name}: must be a single name, got {_fmt(value)}"
+            yield f"{name}: must be a single name, got {_fmt(value, name)}"
     if args.use_cpu and args.backend != "cpu":
         yield f"backend: {args.backend!r} contradicts use_cpu=True"
     if args.tf32 and (args.use_cpu or args.backend == "cpu"):
@@ -701,7 +709,7 @@ def json_fields(args):
     for name in JSON_FIELDS:
         value = getattr(args, name)
         if value is not None and not isinstance(value, (dict, str)):
-            yield f"{name}: expected a JSON object or the path of a JSON file, got {_fmt(value)}"
+            yield f"{name}: expected a JSON object or the path of a JSON file, got {_fmt(value, name)}"
 
 
 @rule

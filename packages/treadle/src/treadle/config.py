@@ -29,6 +29,7 @@ import warnings
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Optional, Sequence, Union
 
+from treadle._argrules import format_value, is_secret
 from treadle.errors import UsageError
 
 CONFIG_SUFFIXES = (".json", ".yaml", ".yml")
@@ -180,7 +181,8 @@ def convert(info: FieldInfo, raw: Any, *, where: str) -> Any:
             return _to_dict(raw)
         return raw if isinstance(raw, str) or raw is None else str(raw)
     except (TypeError, ValueError) as exc:
-        raise UsageError(f"{where}: --{info.name} expects {info.metavar}, got {raw!r} ({exc})") from None
+        cause = "" if is_secret(info.name) else f" ({exc})"  # the cause may quote the value
+        raise UsageError(f"{where}: --{info.name} expects {info.metavar}, got {format_value(raw, info.name)}{cause}") from None
 
 
 def _to_bool(raw: Any) -> bool:
@@ -362,8 +364,8 @@ def _check_choice(info: FieldInfo, value: Any, where: str) -> None:
     for item in values:
         if item not in info.choices:
             close = difflib.get_close_matches(str(item), [str(c) for c in info.choices], n=1)
-            hint = f"; did you mean {close[0]!r}?" if close else ""
-            raise UsageError(f"{where}: --{info.name} {item!r} is not one of {', '.join(map(str, info.choices))}{hint}")
+            hint = f"; did you mean {close[0]!r}?" if close and not is_secret(info.name) else ""
+            raise UsageError(f"{where}: --{info.name} {format_value(item, info.name)} is not one of {', '.join(map(str, info.choices))}{hint}")
 
 
 def parse_arguments(
@@ -435,17 +437,12 @@ def parse_arguments(
     plugin_values = {k: v for k, v in values.items() if k in plugin}
     for name, info in plugin.items():
         plugin_values.setdefault(name, info.default)
-    args = build_training_arguments(TrainingArguments, core_values, plugin_values)
+    args = build_training_arguments(TrainingArguments, core_values, plugin_values, check=False)
 
     for name, reason in getattr(args, "derived_fields", lambda: {})().items():
         if name not in explicit:
             sources[name] = reason if reason.startswith("implied") else f"implied: {reason}"
-    messages = pm.adjust_and_validate(args, frozenset(explicit))
-    unavailable = selection_problems(args, pm)
-    if check_selections:
-        messages += unavailable
-    if messages:
-        raise UsageError("invalid arguments:\n" + "\n".join(f"  - {m}" for m in messages))
+    unavailable = check_arguments(args, pm, frozenset(explicit), check_selections=check_selections)
     for name in fields:
         sources.setdefault(name, "default")
     return ParsedArguments(args=args, sources=sources, explicit=frozenset(explicit), extras=extras, unavailable=unavailable)
@@ -465,8 +462,14 @@ def _apply_component_defaults(pm: Any, kind: str, name: Any, values: dict, sourc
             sources[key] = f"default of {kind} '{name}'"
 
 
-def build_training_arguments(cls: Any, core_values: dict[str, Any], plugin_values: dict[str, Any]) -> Any:
-    """Construct the dataclass, turning its validation error into a usage error."""
+def build_training_arguments(
+    cls: Any, core_values: dict[str, Any], plugin_values: dict[str, Any], *, pm: Any = None, check: bool = True
+) -> Any:
+    """Construct the dataclass, turning its validation error into a usage error.
+
+    With ``check`` (the default) the plugins' adjust / validate hooks and the selection checks
+    run too (``check_arguments``), with the given values as the explicit ones.
+    """
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", FutureWarning)
         try:
@@ -476,7 +479,63 @@ def build_training_arguments(cls: Any, core_values: dict[str, Any], plugin_value
             raise UsageError("invalid arguments:\n" + "\n".join(f"  - {m}" for m in messages)) from None
     for warning in caught:
         print(f"treadle: warning: {warning.message}", file=_stderr())
+    if check:
+        check_arguments(args, pm, _given_names(cls, {**core_values, **plugin_values}))
     return args
+
+
+CHECKED_MARK = "_treadle_arguments_checked"
+"""Set on an arguments object once ``check_arguments`` accepted it, so no path checks it twice."""
+
+
+def check_arguments(args: Any, pm: Any = None, explicit: Optional[frozenset[str]] = None, *, check_selections: bool = True) -> list[str]:
+    """Let plugins adjust and validate ``args``, check that every selected component is usable.
+
+    Every path to a run goes through here once (``treadle train``, ``TreadleArgumentParser``,
+    ``Trainer``): all messages are reported together in one ``UsageError``. Returns the
+    selection problems (with ``check_selections=False`` they are returned, not raised, for
+    ``treadle args``). ``explicit`` defaults to the fields that differ from their defaults.
+    """
+    from treadle.plugins import get_plugin_manager
+
+    if args.__dict__.get(CHECKED_MARK):
+        return []
+    pm = pm or get_plugin_manager()
+    if explicit is None:
+        explicit = non_default_names(args, pm)
+    options = args.__dict__.get("plugin_options")
+    if isinstance(options, dict):  # hooks read every plugin field, set or not
+        for name, info in plugin_fields(pm).items():
+            options.setdefault(name, info.default)
+    messages = pm.adjust_and_validate(args, explicit)
+    unavailable = selection_problems(args, pm)
+    if check_selections:
+        messages += unavailable
+    if messages:
+        raise UsageError("invalid arguments:\n" + "\n".join(f"  - {m}" for m in messages))
+    args.__dict__[CHECKED_MARK] = True
+    return unavailable
+
+
+def _given_names(cls: Any, values: dict[str, Any]) -> frozenset[str]:
+    """The names given, plus the fields deprecated aliases among them stand for."""
+    targets = {
+        f.metadata.get("deprecated_for") for f in dataclasses.fields(cls) if f.name in values and f.metadata
+    }
+    return frozenset(values) | frozenset(t for t in targets if t)
+
+
+def non_default_names(args: Any, pm: Any) -> frozenset[str]:
+    """The fields (plugin options included) whose value differs from the default: what a Python user set."""
+    names = {
+        name for name, info in core_fields().items()
+        if info.deprecated_for is None and getattr(args, name, info.default) != info.default
+    }
+    options = getattr(args, "plugin_options", None) or {}
+    for name, info in plugin_fields(pm).items():
+        if name in options and options[name] != info.default:
+            names.add(name)
+    return frozenset(names)
 
 
 def _stderr() -> Any:
@@ -615,7 +674,7 @@ class TreadleArgumentParser:
         if cls is TrainingArguments:
             core = {k: v for k, v in mine.items() if infos[k].plugin is None}
             plugin = {k: v for k, v in mine.items() if infos[k].plugin is not None}
-            return build_training_arguments(cls, core, plugin)
+            return build_training_arguments(cls, core, plugin, pm=self._pm)
         try:
             return cls(**mine)
         except TypeError as exc:
