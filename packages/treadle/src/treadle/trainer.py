@@ -34,6 +34,7 @@ from torch import nn
 from treadle.batch_size_search import StartingPoint, recorded_batch_size
 from treadle.callbacks import as_hook_plugin, has_hookimpls, plugin_name
 from treadle.components import NoSyncCapable, Precision
+from treadle.config import check_arguments
 from treadle.data import (
     EvalBatchSampler,
     LengthGroupedSampler,
@@ -124,6 +125,7 @@ class Trainer:
             from treadle.args import TrainingArguments
 
             args = TrainingArguments(output_dir="trainer_output")
+        check_arguments(args)  # plugins' adjust / validate hooks and selection checks, unless a parser ran them
         self.args = args
         _apply_log_level(args)
         seed_from_args(args)  # before model_init, so the model's initial weights are reproducible
