@@ -68,3 +68,44 @@ def test_config_conversion_masks_a_secret_field():
     with pytest.raises(UsageError) as info:
         _check_choice(FieldInfo("tracker_token", str, None, choices=("SECRET-E",)), "SECRET-F", "command line")
     assert "tracker_token" in str(info.value) and "SECRET-F" not in str(info.value)
+
+
+# --- a bad output_dir is found before training, named in one message
+
+
+@pytest.mark.parametrize("output_dir", ["afile/out", "afile"])
+def test_bad_output_dir_fails_before_training(user_dir, capsys, output_dir):
+    (user_dir / "afile").write_text("not a directory")
+    assert main(["train", *QUICK, "--output_dir", output_dir]) == 2
+    err = capsys.readouterr().err
+    assert f"--output_dir {output_dir}" in err and "Traceback" not in err
+    assert (user_dir / "afile").read_text() == "not a directory"
+
+
+def test_trainer_train_checks_output_dir_first(tmp_path):
+    import torch
+
+    from treadle.args import TrainingArguments
+    from treadle.errors import UsageError
+    from treadle.trainer import Trainer
+
+    (tmp_path / "afile").write_text("")
+    args = TrainingArguments(output_dir=str(tmp_path / "afile" / "out"), max_steps=1, report_to="none")
+    trainer = Trainer(model=torch.nn.Linear(2, 1), args=args, train_dataset=[{"x": 1}])
+    with pytest.raises(UsageError, match="part of that path is a file"):
+        trainer.train()
+
+
+@pytest.mark.skipif(not hasattr(__import__("os"), "geteuid") or __import__("os").geteuid() == 0, reason="root writes anywhere")
+def test_unwritable_output_dir_is_a_usage_error(tmp_path):
+    from treadle.errors import UsageError
+    from treadle.output_dir import prepare_output_dir
+
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    locked.chmod(0o500)
+    try:
+        with pytest.raises(UsageError, match="cannot write files there"):
+            prepare_output_dir(locked)
+    finally:
+        locked.chmod(0o700)

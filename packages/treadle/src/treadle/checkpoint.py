@@ -98,9 +98,15 @@ def save_checkpoint(trainer: Any, metrics: Optional[Mapping[str, float]] = None)
     strategy.barrier("treadle-checkpoint-begin")
     staging = output_dir / f"{INCOMPLETE_PREFIX}{final.name}"
     if writer:
-        output_dir.mkdir(parents=True, exist_ok=True)
-        _remove_leftovers(output_dir)
-        staging.mkdir()
+        try:
+            output_dir.mkdir(parents=True, exist_ok=True)
+            _remove_leftovers(output_dir)
+            staging.mkdir()
+        except OSError as exc:
+            raise CheckpointError(
+                f"could not create {staging}: {exc}. The earlier checkpoints are intact; fix --output_dir "
+                "(free space, permissions), then resume with --resume_from_checkpoint true"
+            ) from exc
     strategy.barrier("treadle-checkpoint-staging")
     if training is not None and strategy.world_size > 1 and staging.is_dir():
         run_state.write_process_rng(staging, training, strategy.global_rank)

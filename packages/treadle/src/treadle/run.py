@@ -13,6 +13,7 @@ from typing import Any, Optional
 
 from treadle.components import TaskParts
 from treadle.errors import UsageError
+from treadle.output_dir import prepare_output_dir
 from treadle.plugins import get_plugin_manager
 
 COMMANDS = ("train", "evaluate", "predict")
@@ -49,6 +50,7 @@ def run_command(command: str, args: Any) -> int:
     """Run ``train``, ``evaluate`` or ``predict`` for ``args``; returns the exit status."""
     if command not in COMMANDS:
         raise UsageError(f"unknown command {command!r}; expected one of {', '.join(COMMANDS)}")
+    prepare_output_dir(args.output_dir)  # before the task is built: a bad path is found in a second
     parts = build_task(args)
     trainer = make_trainer(args, parts)
     summary = {"train": _train, "evaluate": _evaluate, "predict": _predict}[command](trainer, args, parts)

@@ -65,6 +65,7 @@ from treadle.model_io import (
     split_outputs,
     unwrap_compiled,
 )
+from treadle.output_dir import prepare_output_dir
 from treadle.plugins import RunHooks, get_plugin_manager
 from treadle.randomness import seed_from_args
 from treadle.selection import build_components, build_hub, build_reporters
@@ -210,6 +211,7 @@ class Trainer:
         ignore_keys_for_eval: Optional[list[str]] = None,
     ) -> TrainOutput:
         """Train the model; ``resume_from_checkpoint`` is a checkpoint path, or True for the newest one."""
+        prepare_output_dir(self.args.output_dir)  # a bad --output_dir fails now, not at the first save
         self.is_in_train = True
         try:
             if self.model_init is not None:

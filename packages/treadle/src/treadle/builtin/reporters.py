@@ -16,7 +16,9 @@ from typing import Any, Optional
 from tqdm.auto import tqdm
 
 from treadle.components import Reporter
+from treadle.errors import UsageError
 from treadle.markers import hookimpl
+from treadle.output_dir import prepare_output_dir
 
 CONSOLE_LOGGER = "treadle.console"
 """The logger the console reporter writes its lines to (a child of ``treadle``)."""
@@ -219,9 +221,11 @@ class JsonlReporter(Reporter):
         self._state = state
         if self._file is not None:
             return
-        os.makedirs(args.output_dir, exist_ok=True)
-        self.path = os.path.join(args.output_dir, self.filename)
-        self._file = open(self.path, "a", encoding="utf-8")
+        self.path = os.path.join(prepare_output_dir(args.output_dir), self.filename)
+        try:
+            self._file = open(self.path, "a", encoding="utf-8")
+        except OSError as exc:
+            raise UsageError(f"jsonl reporter: cannot write {self.path} ({exc.strerror or exc}); check --output_dir") from None
         if _ends_mid_line(self.path):
             self._file.write("\n")
 
