@@ -88,3 +88,12 @@ def test_arguments_are_checked_once(acme, tmp_path):
     Trainer(torch.nn.Linear(2, 2), args=args)
     Trainer(torch.nn.Linear(2, 2), args=again)
     assert acme.adjust_calls == 2
+
+
+def test_selected_component_with_missing_requirement_is_a_parse_error():
+    pm = TreadlePluginManager(autoload=False)
+    assert pm.resolve("optimizer", "adamw_bnb_8bit").missing_requirements() == ["bitsandbytes"]
+    with pytest.raises(UsageError) as err:
+        parse_arguments(["--optim", "adamw_bnb_8bit"], pm)
+    message = str(err.value)
+    assert "--optim adamw_bnb_8bit" in message and "bitsandbytes" in message and "pip install bitsandbytes" in message

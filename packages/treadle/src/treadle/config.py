@@ -547,6 +547,7 @@ def _stderr() -> Any:
 def selection_problems(args: Any, pm: Any) -> list[str]:
     """Check that every component the arguments select is provided by an installed plugin."""
     from treadle.errors import PluginError
+    from treadle.plugins import SELECTOR_OPTION
 
     wanted: list[tuple[str, Any]] = [
         ("backend", args.backend if args.backend != "auto" else None),
@@ -563,9 +564,13 @@ def selection_problems(args: Any, pm: Any) -> list[str]:
         if name is None:
             continue
         try:
-            pm.resolve(kind, str(name), args)
+            spec = pm.resolve(kind, str(name), args)
         except PluginError as exc:
             problems.append(str(exc).replace("\n", "\n    "))
+            continue
+        missing = spec.requirements_problem()
+        if missing:
+            problems.append(f"{SELECTOR_OPTION.get(kind, kind)} {name}: {missing}")
     return problems
 
 

@@ -215,15 +215,22 @@ class ComponentSpec:
     def available(self) -> bool:
         return not self.missing_requirements()
 
+    def requirements_problem(self) -> Optional[str]:
+        """What is missing for this component to load (modules and the pip hint), or None."""
+        missing = self.missing_requirements()
+        if not missing:
+            return None
+        return (
+            f"{self.kind} '{self.name}' is provided by {self.plugin.label}, but "
+            f"{', '.join(missing)} {'is' if len(missing) == 1 else 'are'} not importable; "
+            f"install {'it' if len(missing) == 1 else 'them'} (pip install {' '.join(missing)}) and try again."
+        )
+
     def load(self) -> Any:
         """Import and return the implementation, or raise a ``PluginError`` that says why not."""
-        missing = self.missing_requirements()
-        if missing:
-            raise PluginError(
-                f"{self.kind} '{self.name}' is provided by {self.plugin.label}, but "
-                f"{', '.join(missing)} {'is' if len(missing) == 1 else 'are'} not importable; "
-                f"install {'it' if len(missing) == 1 else 'them'} (pip install {' '.join(missing)}) and try again."
-            )
+        problem = self.requirements_problem()
+        if problem:
+            raise PluginError(problem)
         try:
             return (import_user_target if self.user_code else import_target)(self.target)
         except Exception as exc:  # any import-time failure of the plugin's own module
