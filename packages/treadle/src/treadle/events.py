@@ -6,8 +6,8 @@ the whole overhead budget. ``EventDispatcher`` therefore snapshots, per event, t
 implementations registered with the run's ``RunHooks`` (in pluggy's calling order: ``tryfirst``
 first, then the most recently registered) and calls them directly. An event nobody implements
 costs one dict lookup. Events with a wrapper implementation go through pluggy itself, so
-wrapper semantics are never approximated. Call ``refresh()`` after registering or removing a
-plugin.
+wrapper semantics are never approximated. A registration or removal through ``RunHooks``
+bumps its ``version``; the next dispatch sees that and takes a new snapshot.
 """
 
 from __future__ import annotations
@@ -49,12 +49,12 @@ class EventDispatcher:
         self.refresh()
 
     def refresh(self) -> None:
+        self._version = self.run_hooks.version
         self._callers = {event: self._caller(event) for event in LIFECYCLE_EVENTS}
 
-    def has(self, event: str) -> bool:
-        return self._callers[event] is not None
-
     def dispatch(self, event: str, trainer: Any, args: Any, state: Any, control: Any, **extra: Any) -> None:
+        if self._version != self.run_hooks.version:
+            self.refresh()
         caller = self._callers[event]
         if caller is not None:
             caller(trainer, args, state, control, extra)

@@ -348,12 +348,16 @@ class RunHooks:
     def __init__(self) -> None:
         self._pm = pluggy.PluginManager(ENTRY_POINT_GROUP)
         self._pm.add_hookspecs(hookspecs)
+        self.version = 0
+        """Bumped by every (un)registration, so snapshots of the implementations know they are stale."""
 
     def register(self, plugin: object, name: Optional[str] = None) -> None:
+        self.version += 1
         self._pm.register(plugin, name=name)
         _check_known_hooks(self._pm, plugin)
 
     def unregister(self, plugin: object) -> None:
+        self.version += 1
         self._pm.unregister(plugin)
 
     def plugins(self) -> list[object]:

@@ -188,9 +188,17 @@ class Trainer:
         self._device = self.strategy.root_device or torch.device("cpu")
 
     def _register_run_plugins(self, callbacks: list) -> None:
-        """Flow plugin first (and ``tryfirst``), then reporters and hub, then the user's callbacks."""
+        """Flow plugin first (and ``tryfirst``), then the selected components, reporters and hub, then the user's callbacks.
+
+        A backend, precision or strategy with ``treadle_*`` hookimpls receives lifecycle and
+        checkpoint hooks like any plugin (registered as ``<kind>:<name>``).
+        """
         self.run_hooks.register(FlowPlugin(), name="treadle:flow")
         self.run_hooks.register(LossWindowState(lambda: self._loss_window), name=LossWindowState.name)
+        components = {"backend": self.backend, "precision": self.precision, "strategy": self.strategy}
+        for kind, component in components.items():
+            if has_hookimpls(component):
+                self.run_hooks.register(component, name=f"{kind}:{self.component_specs[kind].name}")
         for name, reporter in build_reporters(self.args):
             self._register_callback(reporter, f"reporter:{name}")
         self.hub = build_hub(self.args)
@@ -198,7 +206,6 @@ class Trainer:
             self._register_callback(self.hub, "hub")
         for callback in callbacks:
             self.add_callback(callback)
-        self._refresh_event_cache()
 
     # =========================================================================================
     # Training
@@ -1108,7 +1115,6 @@ class Trainer:
         if isinstance(callback, type):
             callback = callback()
         self._register_callback(callback, plugin_name(callback))
-        self._refresh_event_cache()
 
     def _register_callback(self, callback: object, name: str) -> None:
         plugin = as_hook_plugin(callback)
@@ -1122,7 +1128,6 @@ class Trainer:
             if registered is callback or (isinstance(callback, type) and isinstance(registered, callback)):
                 self.run_hooks.unregister(entry[1])
                 self._callbacks.remove(entry)
-                self._refresh_event_cache()
                 return registered
         return None
 
@@ -1138,10 +1143,6 @@ class Trainer:
     def stateful_callbacks(self) -> list[object]:
         """Callbacks whose state a checkpoint keeps (they implement ``state()``)."""
         return [callback for callback, _ in self._callbacks if callable(getattr(callback, "state", None))]
-
-    def _refresh_event_cache(self) -> None:
-        """Re-read which plugins implement which event (after a callback was added or removed)."""
-        self._events.refresh()
 
     def _event(self, event: str, **extra: Any) -> None:
         self._events.dispatch(event, self, self.args, self.state, self.control, **extra)

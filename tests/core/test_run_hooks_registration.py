@@ -1,0 +1,84 @@
+"""Every registration path reaches the run's lifecycle hooks: selected components and late registrations."""
+
+from __future__ import annotations
+
+from trainer_kit import Classifier, make_args, make_data
+
+from treadle import hookimpl
+from treadle.builtin.fp32 import Fp32Precision
+from treadle.plugins import TreadlePluginManager, get_plugin_manager, reset_plugin_manager
+from treadle.trainer import Trainer
+
+import pytest
+
+
+class Seen:
+    """Records the lifecycle events it receives."""
+
+    def __init__(self) -> None:
+        self.events: list[str] = []
+
+    @hookimpl
+    def treadle_on_train_begin(self):
+        self.events.append("train_begin")
+
+    @hookimpl
+    def treadle_on_step_end(self):
+        self.events.append("step_end")
+
+
+def test_registering_after_construction_reaches_the_loop(tmp_path):
+    trainer = Trainer(Classifier(), args=make_args(tmp_path, max_steps=2), train_dataset=make_data(32))
+    seen = Seen()
+    trainer.run_hooks.register(seen, name="late")
+    trainer.train()
+    assert seen.events == ["train_begin", "step_end", "step_end"]
+    trainer.run_hooks.unregister(seen)
+    trainer.train()
+    assert len(seen.events) == 3
+
+
+class HookedPrecision(Fp32Precision):
+    """A precision plugin that also wants lifecycle and checkpoint hooks."""
+
+    instances: list["HookedPrecision"] = []
+
+    def __init__(self, *a, **kw) -> None:
+        super().__init__(*a, **kw)
+        self.events: list[str] = []
+        HookedPrecision.instances.append(self)
+
+    @hookimpl
+    def treadle_on_step_end(self):
+        self.events.append("step_end")
+
+    @hookimpl
+    def treadle_checkpoint_state(self):
+        return {"steps_seen": len(self.events)}
+
+
+class PrecisionPlugin:
+    @hookimpl
+    def treadle_register_precisions(self, register):
+        register("hooked", f"{__name__}:HookedPrecision")
+
+
+@pytest.fixture
+def hooked_pm():
+    pm = TreadlePluginManager(autoload=False)
+    pm.register_module(PrecisionPlugin(), "hooked")
+    previous = get_plugin_manager()
+    reset_plugin_manager(pm)
+    yield pm
+    reset_plugin_manager(previous)
+
+
+def test_selected_component_receives_lifecycle_and_checkpoint_hooks(hooked_pm, tmp_path):
+    HookedPrecision.instances.clear()
+    args = make_args(tmp_path, max_steps=2, precision="hooked", save_strategy="steps", save_steps=2)
+    trainer = Trainer(Classifier(), args=args, train_dataset=make_data(32))
+    assert isinstance(trainer.precision, HookedPrecision)
+    trainer.train()
+    assert trainer.precision.events == ["step_end", "step_end"]
+    states = (tmp_path / "out" / "checkpoint-2" / "plugin_states.json").read_text()
+    assert '"precision:hooked"' in states and '"steps_seen": 2' in states
