@@ -97,3 +97,8 @@ def test_selected_component_with_missing_requirement_is_a_parse_error():
         parse_arguments(["--optim", "adamw_bnb_8bit"], pm)
     message = str(err.value)
     assert "--optim adamw_bnb_8bit" in message and "bitsandbytes" in message and "pip install bitsandbytes" in message
+
+
+def test_missing_strategy_message_says_strategies():
+    message = TreadlePluginManager(autoload=False).missing_message("strategy", "fsdp")
+    assert "installed strategies: single" in message and "strategys" not in message

@@ -49,6 +49,18 @@ COMPONENT_KINDS: dict[str, str] = {
 }
 """Each component kind and the registration hook that fills its registry."""
 
+KIND_PLURALS: dict[str, str] = {
+    "backend": "backends",
+    "precision": "precisions",
+    "strategy": "strategies",
+    "optimizer": "optimizers",
+    "scheduler": "schedulers",
+    "reporter": "reporters",
+    "hub": "hubs",
+    "task": "tasks",
+}
+"""How messages name several components of a kind."""
+
 SELECTOR_OPTION: dict[str, str] = {
     "backend": "--backend",
     "precision": "--precision",
@@ -549,7 +561,7 @@ class TreadlePluginManager:
     def missing_message(self, kind: str, name: str) -> str:
         option = SELECTOR_OPTION.get(kind, kind)
         installed = ", ".join(self.names(kind)) or "none"
-        lines = [f"{option} {name}: no installed plugin provides {kind} '{name}'.", f"installed {kind}s: {installed}."]
+        lines = [f"{option} {name}: no installed plugin provides {kind} '{name}'.", f"installed {KIND_PLURALS.get(kind, kind)}: {installed}."]
         distribution = KNOWN_DISTRIBUTIONS.get((kind, name))
         broken = [r for r in self.records.values() if r.status == "broken"]
         if distribution:
