@@ -109,3 +109,34 @@ def test_unwritable_output_dir_is_a_usage_error(tmp_path):
             prepare_output_dir(locked)
     finally:
         locked.chmod(0o700)
+
+
+# --- a broken task is one message naming the task
+
+
+@pytest.mark.parametrize(
+    "body, status, message",
+    [
+        ("def build(args):\n    raise RuntimeError('dataset missing')\n", 1, "task 'broken:build' raised RuntimeError: dataset missing (at "),
+        ("build = 42\n", 2, "task 'broken:build' is a int, not a function"),
+        ("def build(args, tokenizer):\n    return None\n", 2, "cannot be called with the training arguments (its signature is build(args, tokenizer))"),
+        ("def build(args):\n    return {'model': None}\n", 2, "task 'broken:build' returned dict; a task must return treadle.TaskParts"),
+        ("def build(args):\n    return TaskParts(model='not a model')\n", 2, "Trainer needs the model as a torch.nn.Module, got builtins.str"),
+    ],
+    ids=["raises", "not-callable", "signature", "not-taskparts", "not-a-module"],
+)
+def test_broken_task_is_one_message(user_dir, capsys, monkeypatch, body, status, message):
+    monkeypatch.delenv("TREADLE_DEBUG", raising=False)
+    write_task(user_dir, "broken.py", body)
+    assert main(["train", "--task", "broken:build", *QUICK, "--output_dir", "out"]) == status
+    err = capsys.readouterr().err
+    assert message in err
+    assert "Traceback" not in err
+
+
+def test_task_traceback_is_shown_with_treadle_debug(user_dir, capsys, monkeypatch):
+    monkeypatch.setenv("TREADLE_DEBUG", "1")
+    write_task(user_dir, "broken.py", "def build(args):\n    raise RuntimeError('dataset missing')\n")
+    assert main(["train", "--task", "broken:build", *QUICK]) == 1
+    err = capsys.readouterr().err
+    assert "Traceback" in err and "raise RuntimeError('dataset missing')" in err

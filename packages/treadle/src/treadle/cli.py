@@ -21,7 +21,7 @@ import textwrap
 from typing import Any, Callable, Optional, Sequence
 
 from treadle.__about__ import __version__
-from treadle.errors import TreadleError, UsageError
+from treadle.errors import DEBUG_ENV, TreadleError, UsageError
 
 COMMANDS: dict[str, str] = {
     "train": "train a model (the builtin demo task unless --task says otherwise)",
@@ -56,6 +56,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     try:
         return _dispatch(argv)
     except TreadleError as exc:
+        if os.environ.get(DEBUG_ENV, "").strip() not in {"", "0"}:
+            import traceback
+
+            traceback.print_exception(exc)
         _error(str(exc))
         return exc.exit_code
     except KeyboardInterrupt:

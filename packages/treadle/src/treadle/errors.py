@@ -6,6 +6,9 @@
 
 from __future__ import annotations
 
+DEBUG_ENV = "TREADLE_DEBUG"
+DEBUG_HINT = f"(set {DEBUG_ENV}=1 to see the full traceback)"
+
 
 class TreadleError(Exception):
     """Base of the errors whose message is meant for the user."""

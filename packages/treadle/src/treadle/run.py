@@ -7,12 +7,14 @@ command; the results land in ``output_dir`` (final model, ``<split>_results.json
 
 from __future__ import annotations
 
+import inspect
 import os
+import traceback
 from pathlib import Path
 from typing import Any, Optional
 
 from treadle.components import TaskParts
-from treadle.errors import UsageError
+from treadle.errors import DEBUG_HINT, TreadleError, UsageError
 from treadle.output_dir import prepare_output_dir
 from treadle.plugins import get_plugin_manager
 
@@ -20,14 +22,47 @@ COMMANDS = ("train", "evaluate", "predict")
 
 
 def build_task(args: Any) -> TaskParts:
-    """Resolve ``--task`` through the plugin registries and build its parts."""
+    """Resolve ``--task`` through the plugin registries and build its parts.
+
+    A task is user code: whatever is wrong with it (not a function, a signature that does not
+    take the arguments, an exception inside) becomes one message that names the task.
+    """
     build = get_plugin_manager().resolve("task", args.task, args).load()
-    parts = build(args)
+    if not callable(build):
+        raise UsageError(f"task {args.task!r} is a {type(build).__name__}, not a function; point --task at a function taking the arguments")
+    try:
+        inspect.signature(build).bind(args)
+    except TypeError:
+        raise UsageError(
+            f"task {args.task!r} cannot be called with the training arguments (its signature is "
+            f"{_signature(build)}); a task function takes one argument, the TrainingArguments"
+        ) from None
+    except ValueError:  # no signature to inspect (a builtin): let the call decide
+        pass
+    try:
+        parts = build(args)
+    except TreadleError:
+        raise
+    except Exception as exc:
+        raise TreadleError(f"task {args.task!r} raised {type(exc).__name__}: {exc}{_where(exc)}\n{DEBUG_HINT}") from exc
     if not isinstance(parts, TaskParts):
         raise UsageError(f"task {args.task!r} returned {type(parts).__name__}; a task must return treadle.TaskParts")
     if parts.model is None and parts.model_init is None:
         raise UsageError(f"task {args.task!r} returned no model (set TaskParts.model or TaskParts.model_init)")
     return parts
+
+
+def _signature(function: Any) -> str:
+    try:
+        return f"{getattr(function, '__name__', 'task')}{inspect.signature(function)}"
+    except (TypeError, ValueError):
+        return "unknown"
+
+
+def _where(exc: BaseException) -> str:
+    """`` (at file:line)`` of the innermost frame, so the message alone points at the bug."""
+    frames = traceback.extract_tb(exc.__traceback__)
+    return f" (at {frames[-1].filename}:{frames[-1].lineno})" if frames else ""
 
 
 def make_trainer(args: Any, parts: TaskParts) -> Any:

@@ -33,7 +33,7 @@ from torch import nn
 
 from treadle.batch_size_search import StartingPoint, recorded_batch_size
 from treadle.callbacks import as_hook_plugin, has_hookimpls, plugin_name
-from treadle.components import NoSyncCapable, Precision
+from treadle.components import NoSyncCapable
 from treadle.config import check_arguments
 from treadle.data import (
     EvalBatchSampler,
@@ -141,6 +141,11 @@ class Trainer:
             if model_init is None:
                 raise UsageError("Trainer needs a model, or a model_init function that builds one")
             model = self.call_model_init()
+        if not isinstance(model, nn.Module):
+            raise UsageError(
+                f"Trainer needs the model as a torch.nn.Module, got {type(model).__module__}.{type(model).__qualname__}; "
+                "return the network itself (not a factory, tuple or dict) from the task or model_init"
+            )
         self.model = model
         self.model_wrapped = model
         self._wrapped_for: Optional[nn.Module] = None
@@ -334,7 +339,7 @@ class Trainer:
         self._no_sync = self.strategy.no_backward_sync if accumulating and isinstance(self.strategy, NoSyncCapable) else None
         self._scheduler_per_step = self.lr_scheduler is not None and not _is_plateau(self.lr_scheduler)
         self._nan_policy = option_value(getattr(args, "nan_inf_policy", "warn")) or "warn"
-        self._precision_scales_loss = type(self.precision).unscale_gradients is not Precision.unscale_gradients
+        self._precision_scales_loss = bool(self.precision.scales_loss)
         self._skipped_in_window = 0
         self._skipped_total = 0
         self._empty_cache_every = args.torch_empty_cache_steps or 0
