@@ -10,6 +10,7 @@ from treadle.plugins import TreadlePluginManager, get_plugin_manager, reset_plug
 from treadle.trainer import Trainer
 
 import pytest
+import torch
 
 
 class Seen:
@@ -82,3 +83,41 @@ def test_selected_component_receives_lifecycle_and_checkpoint_hooks(hooked_pm, t
     assert trainer.precision.events == ["step_end", "step_end"]
     states = (tmp_path / "out" / "checkpoint-2" / "plugin_states.json").read_text()
     assert '"precision:hooked"' in states and '"steps_seen": 2' in states
+
+
+class InfiniteGradient(torch.nn.Module):
+    """A finite loss (0) whose gradient is +inf: sqrt at 0."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.p = torch.nn.Parameter(torch.zeros(1))
+
+    def forward(self, x, labels=None):
+        return {"loss": torch.sqrt(self.p).sum() + 0 * x.sum()}
+
+
+class ScalingPrecision(Fp32Precision):
+    """Declares loss scaling (without overriding unscale_gradients): the loop must trust it."""
+
+    scales_loss = True
+
+
+class ScalingPlugin:
+    @hookimpl
+    def treadle_register_precisions(self, register):
+        register("scaling", f"{__name__}:ScalingPrecision")
+
+
+@pytest.mark.parametrize("precision, skipped", [("fp32", True), ("scaling", False)])
+def test_loss_scaling_is_a_declared_capability(tmp_path, precision, skipped):
+    pm = TreadlePluginManager(autoload=False)
+    pm.register_module(ScalingPlugin(), "scaling")
+    previous = get_plugin_manager()
+    reset_plugin_manager(pm)
+    try:
+        args = make_args(tmp_path, max_steps=1, precision=precision, nan_inf_policy="skip_step", max_grad_norm=0)
+        trainer = Trainer(InfiniteGradient(), args=args, train_dataset=make_data(8))
+        trainer.train()
+    finally:
+        reset_plugin_manager(previous)
+    assert (trainer.model.p.item() == 0.0) is skipped

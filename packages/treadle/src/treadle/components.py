@@ -63,6 +63,9 @@ class Precision(ABC):
     """How numbers are represented: autocast, gradient scaling, module conversion."""
 
     name: str = ""
+    scales_loss: bool = False
+    """True for a precision that scales the loss (and so skips overflowing steps itself in
+    ``optimizer_step``): the loop then leaves non-finite gradients to it instead of checking them."""
 
     def __init__(self, args: TrainingArguments) -> None:
         self.args = args
