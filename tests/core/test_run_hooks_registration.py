@@ -121,3 +121,36 @@ def test_loss_scaling_is_a_declared_capability(tmp_path, precision, skipped):
     finally:
         reset_plugin_manager(previous)
     assert (trainer.model.p.item() == 0.0) is skipped
+
+
+class MetricScheduler:
+    """A plugin's metric-driven scheduler: declares ``needs_metric`` and records what it gets."""
+
+    needs_metric = True
+
+    def __init__(self, optimizer) -> None:
+        self.optimizer = optimizer
+        self.metrics: list[float] = []
+
+    def step(self, metric=None) -> None:
+        self.metrics.append(metric)
+
+    def state_dict(self):
+        return {}
+
+    def load_state_dict(self, state) -> None:
+        pass
+
+
+def metric_scheduler(optimizer, **kwargs):
+    return MetricScheduler(optimizer)
+
+
+def test_metric_driven_plugin_scheduler_gets_the_metric(tmp_path):
+    args = make_args(
+        tmp_path, max_steps=2, eval_strategy="steps", eval_steps=1, lr_scheduler_type=f"{__name__}:metric_scheduler"
+    )
+    trainer = Trainer(Classifier(), args=args, train_dataset=make_data(32), eval_dataset=make_data(16))
+    trainer.train()
+    metrics = trainer.lr_scheduler.metrics
+    assert len(metrics) == 2 and all(isinstance(m, float) for m in metrics)

@@ -101,6 +101,16 @@ class Precision(ABC):
         """Restore what ``state_dict`` returned."""
 
 
+def scheduler_needs_metric(scheduler: Any) -> bool:
+    """Whether ``scheduler.step`` wants the evaluation metric (``metric_for_best_model``).
+
+    Such a scheduler sets ``needs_metric = True`` (torch's ``ReduceLROnPlateau`` as the builtin
+    ``reduce_lr_on_plateau`` returns it, or a plugin's own): the loop steps it after each
+    evaluation with the metric, instead of after each optimizer step.
+    """
+    return bool(getattr(scheduler, "needs_metric", False))
+
+
 class Strategy(ABC):
     """How work is spread over processes: model wrapping, collectives, state (de)sharding.
 

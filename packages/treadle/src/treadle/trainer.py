@@ -33,7 +33,7 @@ from torch import nn
 
 from treadle.batch_size_search import StartingPoint, recorded_batch_size
 from treadle.callbacks import as_hook_plugin, has_hookimpls, plugin_name
-from treadle.components import NoSyncCapable
+from treadle.components import NoSyncCapable, scheduler_needs_metric
 from treadle.config import check_arguments
 from treadle.data import (
     EvalBatchSampler,
@@ -337,7 +337,7 @@ class Trainer:
         if self._fused_backward is not None:
             self._max_grad_norm = None  # the optimizer clips inside fused_backward; no gradient is left after it
         self._no_sync = self.strategy.no_backward_sync if accumulating and isinstance(self.strategy, NoSyncCapable) else None
-        self._scheduler_per_step = self.lr_scheduler is not None and not _is_plateau(self.lr_scheduler)
+        self._scheduler_per_step = self.lr_scheduler is not None and not scheduler_needs_metric(self.lr_scheduler)
         self._nan_policy = option_value(getattr(args, "nan_inf_policy", "warn")) or "warn"
         self._precision_scales_loss = bool(self.precision.scales_loss)
         self._skipped_in_window = 0
@@ -583,11 +583,11 @@ class Trainer:
         checkpoint = _checkpointing()
         if checkpoint is not None and self.args.metric_for_best_model:
             checkpoint.update_best_metric(self.args, self.state, metrics)
-        if step_plateau_scheduler and _is_plateau(self.lr_scheduler):
+        if step_plateau_scheduler and scheduler_needs_metric(self.lr_scheduler):
             key = best_metric_key(self.args)
             if key not in metrics:
                 raise UsageError(
-                    f"lr_scheduler_type reduce_lr_on_plateau watches {key!r}, which evaluation did not "
+                    f"lr_scheduler_type {self.args.lr_scheduler_type} steps on {key!r}, which evaluation did not "
                     f"return (it returned {', '.join(metrics)}); set --metric_for_best_model"
                 )
             self.lr_scheduler.step(metrics[key])
@@ -1257,10 +1257,6 @@ def _groups_of(iterator: Iterator[Any], size: int) -> Iterator[list[Any]]:
 def _accepts(method: Callable[..., Any], name: str) -> bool:
     parameters = inspect.signature(method).parameters.values()
     return any(p.name == name or p.kind is p.VAR_KEYWORD for p in parameters)
-
-
-def _is_plateau(scheduler: Any) -> bool:
-    return isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau)
 
 
 def _is_out_of_memory(exc: BaseException) -> bool:

@@ -408,4 +408,6 @@ def reduce_lr_on_plateau(
             f"--lr_scheduler_kwargs: reduce_lr_on_plateau does not take {', '.join(unknown)}; "
             f"the keys it accepts are: {', '.join(_PLATEAU_KEYS)}."
         )
-    return ReduceLROnPlateau(optimizer, **lr_scheduler_kwargs)
+    scheduler = ReduceLROnPlateau(optimizer, **lr_scheduler_kwargs)
+    scheduler.needs_metric = True  # the loop steps it with the evaluation metric (treadle.components.scheduler_needs_metric)
+    return scheduler
