@@ -14,10 +14,9 @@ def user_dir(tmp_path, monkeypatch):
     """Run in tmp_path with sys.path / sys.modules restored afterwards (user task modules get imported)."""
     monkeypatch.chdir(tmp_path)
     monkeypatch.setattr(sys, "path", list(sys.path))
-    before = set(sys.modules)
     yield tmp_path
-    for name in set(sys.modules) - before:
-        if not name.startswith(("torch", "treadle", "numpy", "safetensors")):
+    for name, module in list(sys.modules.items()):  # only the user's modules, which live in tmp_path
+        if str(getattr(module, "__file__", None) or "").startswith(str(tmp_path)):
             del sys.modules[name]
 
 
@@ -140,3 +139,27 @@ def test_task_traceback_is_shown_with_treadle_debug(user_dir, capsys, monkeypatc
     assert main(["train", "--task", "broken:build", *QUICK]) == 1
     err = capsys.readouterr().err
     assert "Traceback" in err and "raise RuntimeError('dataset missing')" in err
+
+
+# --- optimizer options and compile backends are checked values, not tracebacks
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--optim_args", "betas=0.9"], "--optim adamw_torch --optim_args betas=0.9: AdamW rejected its options"),
+        (["--optim", "sgd", "--optim_args", "momentum=-1"], "--optim sgd --optim_args momentum=-1: SGD rejected its options"),
+    ],
+    ids=["type", "value"],
+)
+def test_bad_optimizer_options_are_one_message(tmp_path, capsys, argv, message):
+    assert main(["train", *QUICK, "--output_dir", str(tmp_path / "out"), *argv]) == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err
+
+
+def test_unknown_compile_backend_lists_the_valid_ones(tmp_path, capsys):
+    assert main(["train", *QUICK, "--output_dir", str(tmp_path / "out"), "--torch_compile_backend", "nosuch"]) == 2
+    err = capsys.readouterr().err
+    assert "--torch_compile_backend 'nosuch' is not a torch.compile backend" in err
+    assert "inductor" in err and "Traceback" not in err

@@ -129,6 +129,7 @@ class Trainer:
         check_arguments(args)  # plugins' adjust / validate hooks and selection checks, unless a parser ran them
         self.args = args
         _apply_log_level(args)
+        _check_compile_backend(args)
         seed_from_args(args)  # before model_init, so the model's initial weights are reproducible
 
         components = build_components(args)
@@ -1025,7 +1026,18 @@ class Trainer:
                 optimizer_cls, kwargs = self.get_optimizer_cls_and_kwargs(self.args, model)
             kwargs = dict(kwargs)  # the factory's (or the user's) dict stays as it was
             # "params" overrides the loop's groups: GaLore / APOLLO bring their own, LOMO takes the model
-            self.optimizer = optimizer_cls(kwargs.pop("params", groups), **kwargs)
+            params = kwargs.pop("params", groups)
+            try:
+                self.optimizer = optimizer_cls(params, **kwargs)
+            except (TypeError, ValueError) as exc:  # a bad option value: the user's to fix, not a crash
+                given = (
+                    "optimizer_cls_and_kwargs" if self.optimizer_cls_and_kwargs is not None
+                    else f"--optim {option_value(self.args.optim)} --optim_args {self.args.optim_args or ''}".rstrip()
+                )
+                raise UsageError(
+                    f"{given}: {getattr(optimizer_cls, '__name__', optimizer_cls)} rejected its options "
+                    f"{kwargs}: {exc}. Fix the value in --optim_args (name=value,...) or choose another --optim"
+                ) from exc
         return self.optimizer
 
     @staticmethod
@@ -1239,6 +1251,20 @@ def _apply_log_level(args: Any) -> None:
     level = get_level()
     if level is not None and level >= 0:
         logger.setLevel(level)
+
+
+def _check_compile_backend(args: Any) -> None:
+    """An unknown ``--torch_compile_backend`` fails here, not inside torch.compile mid-run."""
+    name = args.torch_compile_backend
+    if not args.torch_compile or not name or not isinstance(name, str):
+        return
+    from torch._dynamo import list_backends
+
+    if name not in list_backends(exclude_tags=()):
+        raise UsageError(
+            f"--torch_compile_backend {name!r} is not a torch.compile backend; "
+            f"choose one of {', '.join(list_backends())} (or leave it unset for inductor)"
+        )
 
 
 def _groups_of(iterator: Iterator[Any], size: int) -> Iterator[list[Any]]:
