@@ -49,7 +49,6 @@ DEBUG_OPTIONS = ("underflow_overflow", "tpu_metrics_debug")
 METRIC_INPUTS = ("inputs", "loss")
 TOKENS_SEEN_MODES = ("all", "non_padding", "no")
 NAN_INF_POLICIES = ("warn", "skip_step", "halt")
-PARALLEL_MODES = ("not_parallel", "not_distributed", "distributed", "tpu")
 
 # Field names whose values must never be printed, logged or written to a config dump.
 _SECRET = re.compile(r"(_token$|^token$|secret|password|api_key)")

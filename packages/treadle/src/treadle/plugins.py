@@ -375,9 +375,6 @@ class RunHooks:
     def plugins(self) -> list[object]:
         return list(self._pm.get_plugins())
 
-    def has_impls(self, event: str) -> bool:
-        return bool(getattr(self._pm.hook, f"treadle_on_{event}").get_hookimpls())
-
     def call(self, hook_name: str, **kwargs: Any) -> list[Any]:
         caller = getattr(self._pm.hook, hook_name)
         try:
@@ -624,9 +621,6 @@ class TreadlePluginManager:
             except Exception as exc:
                 lines.append((impl.plugin_name, "error", f"{type(exc).__name__}: {exc}"))
         return lines
-
-    def checkpoint_hook_impls(self) -> list[pluggy.HookImpl]:
-        return self.pm.hook.treadle_checkpoint_state.get_hookimpls()
 
     def collect_all(self) -> list[PluginRecord]:
         """Build every registry and the argument fields, then list the plugins."""

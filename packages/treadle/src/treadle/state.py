@@ -114,11 +114,6 @@ class TrainerControl:
     def _new_epoch(self) -> None:
         self.should_epoch_stop = False
 
-    def _new_step(self) -> None:
-        self.should_save = False
-        self.should_evaluate = False
-        self.should_log = False
-
     def update_from(self, other: Any) -> None:
         """Copy the flags of another control object (what a TrainerCallback may return)."""
         for name in ("should_training_stop", "should_epoch_stop", "should_save", "should_evaluate", "should_log"):

@@ -15,8 +15,6 @@ from __future__ import annotations
 
 import functools
 import gc
-import importlib
-import importlib.util
 import inspect
 import itertools
 import json
@@ -31,6 +29,7 @@ from typing import Any, Callable, Iterator, Optional, Union
 import torch
 from torch import nn
 
+from treadle import checkpoint
 from treadle.batch_size_search import StartingPoint, recorded_batch_size
 from treadle.callbacks import as_hook_plugin, has_hookimpls, plugin_name
 from treadle.components import NoSyncCapable, scheduler_needs_metric
@@ -403,9 +402,6 @@ class Trainer:
 
     def _resume(self, resume_from_checkpoint: Any, plan: TrainingPlan) -> None:
         """Restore everything from a checkpoint; keep this run's own layout values."""
-        checkpoint = _checkpointing()
-        if checkpoint is None:
-            raise UsageError("resume_from_checkpoint needs treadle.checkpoint, which this installation lacks")
         path = checkpoint.resolve_resume_checkpoint(resume_from_checkpoint, self.args.output_dir)
         if path is None:
             logger.info("no checkpoint to resume from in %s; starting from scratch", self.args.output_dir)
@@ -581,8 +577,7 @@ class Trainer:
 
     def _evaluate_during_training(self, ignore_keys: Optional[list[str]], step_plateau_scheduler: bool = True) -> dict[str, float]:
         metrics = self.evaluate(ignore_keys=ignore_keys)
-        checkpoint = _checkpointing()
-        if checkpoint is not None and self.args.metric_for_best_model:
+        if self.args.metric_for_best_model:
             checkpoint.update_best_metric(self.args, self.state, metrics)
         if step_plateau_scheduler and scheduler_needs_metric(self.lr_scheduler):
             key = best_metric_key(self.args)
@@ -597,10 +592,6 @@ class Trainer:
         return metrics
 
     def _save_checkpoint(self, metrics: Optional[dict[str, float]]) -> None:
-        checkpoint = _checkpointing()
-        if checkpoint is None:
-            _warn_once("treadle.checkpoint is not installed: checkpoints are not saved")
-            return
         checkpoint_dir = checkpoint.save_checkpoint(self, metrics)
         self._event("save", checkpoint_dir=str(checkpoint_dir))
 
@@ -612,9 +603,7 @@ class Trainer:
         self._remove_neftune()
         self._switch_optimizer_mode("eval")  # the weights a schedule-free optimizer means to be used from now on
         if args.load_best_model_at_end and state.best_model_checkpoint is not None:
-            checkpoint = _checkpointing()
-            if checkpoint is not None:
-                checkpoint.load_best_model(self)
+            checkpoint.load_best_model(self)
         remaining = state.global_step - self._loss_window.logged_step
         if remaining > 0 and self._loss_window.has_data():
             reading = self._loss_window.read(remaining)
@@ -656,8 +645,7 @@ class Trainer:
 
     def _search_start(self, resume_from_checkpoint: Any) -> tuple[int, Any]:
         """The batch size to try first, and the checkpoint to resume from (resolved here, once)."""
-        checkpoint = _checkpointing()
-        if checkpoint is None or resume_from_checkpoint in (None, False):
+        if resume_from_checkpoint in (None, False):
             return self._train_batch_size, resume_from_checkpoint
         path = checkpoint.resolve_resume_checkpoint(resume_from_checkpoint, self.args.output_dir)
         if path is None:
@@ -1204,9 +1192,6 @@ class Trainer:
 
     def save_model(self, output_dir: Optional[str] = None, _internal_call: bool = False) -> None:
         """Save the model's weights (safetensors) and config to ``output_dir`` (default: args.output_dir)."""
-        checkpoint = _checkpointing()
-        if checkpoint is None:
-            raise TreadleError("saving a model needs treadle.checkpoint, which this installation lacks")
         checkpoint.save_model_files(self, output_dir or self.args.output_dir)
 
     def push_to_hub(self, commit_message: str = "End of training", blocking: bool = True) -> Any:
@@ -1221,19 +1206,6 @@ class Trainer:
 # =============================================================================================
 # Helpers
 # =============================================================================================
-
-_CHECKPOINT_MODULE: Any = None
-
-
-def _checkpointing() -> Any:
-    """``treadle.checkpoint``, or None when this installation has no such module."""
-    global _CHECKPOINT_MODULE
-    if _CHECKPOINT_MODULE is None:
-        if importlib.util.find_spec("treadle.checkpoint") is None:
-            return None
-        _CHECKPOINT_MODULE = importlib.import_module("treadle.checkpoint")
-    return _CHECKPOINT_MODULE
-
 
 _WARNED: set[str] = set()
 
