@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import math
 import os
 import re
 import shutil
@@ -40,6 +39,7 @@ from typing import TYPE_CHECKING, Any, Iterator, Mapping, Optional, Union
 
 from treadle import run_state
 from treadle.errors import CheckpointError, UsageError
+from treadle.flow import best_metric_key, is_improvement
 from treadle.manifest import MANIFEST_NAME, manifest_file, verify_checkpoint, write_manifest
 from treadle.model_files import WEIGHTS_NAME, read_weights, replace_files_atomically, write_model_files
 from treadle.serialization import fsync_path, load_state_files
@@ -160,7 +160,7 @@ def update_best_metric(args: TrainingArguments, state: Any, metrics: Optional[Ma
     name = getattr(args, "metric_for_best_model", None)
     if not name or not metrics:
         return False
-    key = name if name.startswith("eval_") else f"eval_{name}"
+    key = best_metric_key(args)
     if key not in metrics:
         available = ", ".join(sorted(metrics)) or "none"
         raise UsageError(
@@ -168,13 +168,7 @@ def update_best_metric(args: TrainingArguments, state: Any, metrics: Optional[Ma
             "set --metric_for_best_model to one of those names (the eval_ prefix is optional)"
         )
     value = float(metrics[key])
-    if math.isnan(value):
-        return False
-    greater = args.greater_is_better
-    if greater is None:
-        greater = not name.endswith("loss")
-    best = state.best_metric
-    improved = best is None or (value > best if greater else value < best)
+    improved = is_improvement(args, value, state.best_metric)
     if improved:
         state.best_metric = value
         state.best_global_step = state.global_step
