@@ -14,30 +14,19 @@ from __future__ import annotations
 
 from typing import Any, Callable, Optional
 
+from treadle import hookspecs
 from treadle.plugins import RunHooks
 
-LIFECYCLE_EVENTS = (
-    "init_end",
-    "train_begin",
-    "train_end",
-    "epoch_begin",
-    "epoch_end",
-    "step_begin",
-    "substep_end",
-    "pre_optimizer_step",
-    "optimizer_step",
-    "step_end",
-    "evaluate",
-    "predict",
-    "prediction_step",
-    "log",
-    "save",
-    "push_begin",
+LIFECYCLE_PREFIX = "treadle_on_"
+
+LIFECYCLE_EVENTS = tuple(
+    name[len(LIFECYCLE_PREFIX):] for name in vars(hookspecs) if name.startswith(LIFECYCLE_PREFIX)
 )
-"""Every lifecycle event; the hook of event ``e`` is ``treadle_on_<e>``."""
+"""Every lifecycle event, in hookspecs order: the hook specs named ``treadle_on_<event>`` (the one list)."""
+
 
 def hook_name(event: str) -> str:
-    return f"treadle_on_{event}"
+    return f"{LIFECYCLE_PREFIX}{event}"
 
 
 class EventDispatcher:
