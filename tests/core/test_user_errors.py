@@ -163,3 +163,40 @@ def test_unknown_compile_backend_lists_the_valid_ones(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "--torch_compile_backend 'nosuch' is not a torch.compile backend" in err
     assert "inductor" in err and "Traceback" not in err
+
+
+# --- evaluate / predict need only the weights of a checkpoint
+
+
+@pytest.fixture(scope="module")
+def trained_checkpoints(tmp_path_factory):
+    """A save_only_model checkpoint and a full one, from two one-step runs."""
+    root = tmp_path_factory.mktemp("checkpoints")
+    common = [*QUICK, "--save_strategy", "steps", "--save_steps", "1"]
+    assert main(["train", *common, "--output_dir", str(root / "weights_only"), "--save_only_model", "true"]) == 0
+    assert main(["train", *common, "--output_dir", str(root / "full")]) == 0
+    return root / "weights_only" / "checkpoint-1", root / "full" / "checkpoint-1"
+
+
+@pytest.mark.parametrize("command", ["evaluate", "predict"])
+def test_evaluate_and_predict_accept_a_save_only_model_checkpoint(trained_checkpoints, tmp_path, capsys, command):
+    weights_only, _ = trained_checkpoints
+    argv = [command, "--report_to", "none", "--disable_tqdm", "true", "--output_dir", str(tmp_path)]
+    assert main([*argv, "--resume_from_checkpoint", str(weights_only)]) == 0
+    assert f"the model in {weights_only}" in capsys.readouterr().out
+
+
+def test_evaluate_ignores_a_damaged_optimizer_file_but_not_damaged_weights(trained_checkpoints, tmp_path, capsys):
+    import shutil
+
+    _, full = trained_checkpoints
+    damaged = tmp_path / "checkpoint-1"
+    shutil.copytree(full, damaged)
+    (damaged / "optimizer.safetensors").write_bytes(b"garbage")
+    argv = ["evaluate", "--report_to", "none", "--disable_tqdm", "true", "--output_dir", str(tmp_path / "eval")]
+    assert main([*argv, "--resume_from_checkpoint", str(damaged)]) == 0
+    capsys.readouterr()
+    (damaged / "model.safetensors").write_bytes(b"garbage")
+    assert main([*argv, "--resume_from_checkpoint", str(damaged)]) == 1
+    err = capsys.readouterr().err
+    assert "model.safetensors" in err and "Traceback" not in err

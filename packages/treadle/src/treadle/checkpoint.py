@@ -40,7 +40,7 @@ from typing import TYPE_CHECKING, Any, Iterator, Mapping, Optional, Union
 from treadle import run_state
 from treadle.errors import CheckpointError, UsageError
 from treadle.flow import best_metric_key, is_improvement
-from treadle.manifest import MANIFEST_NAME, manifest_file, verify_checkpoint, write_manifest
+from treadle.manifest import MANIFEST_NAME, manifest_file, verify_checkpoint, verify_files, write_manifest
 from treadle.model_files import WEIGHTS_NAME, read_weights, replace_files_atomically, write_model_files
 from treadle.serialization import fsync_path, load_state_files
 
@@ -63,6 +63,7 @@ __all__ = [
     "load_best_model",
     "load_checkpoint",
     "resolve_resume_checkpoint",
+    "resolve_weights_checkpoint",
     "rotate_checkpoints",
     "save_checkpoint",
     "save_model_files",
@@ -270,25 +271,56 @@ def resolve_resume_checkpoint(resume_from_checkpoint: Any, output_dir: Union[str
     in ``output_dir`` (damaged newer ones are skipped with a warning). A path: that checkpoint,
     which must be valid.
     """
-    value = resume_from_checkpoint
+    path = _requested_checkpoint(resume_from_checkpoint, output_dir)
+    if path is None:
+        return None
+    if _asked_for_newest(resume_from_checkpoint):
+        return _newest_valid_checkpoint(path)
+    _verify_resumable(path)
+    return path
+
+
+def resolve_weights_checkpoint(resume_from_checkpoint: Any, output_dir: Union[str, os.PathLike, None]) -> Optional[Path]:
+    """Like ``resolve_resume_checkpoint`` for evaluate / predict, which need only the weights.
+
+    So a ``save_only_model`` checkpoint qualifies, and a damaged optimizer file does not matter:
+    only the manifest entry of ``model.safetensors`` is verified.
+    """
+    path = _requested_checkpoint(resume_from_checkpoint, output_dir)
+    if path is None:
+        return None
+    if _asked_for_newest(resume_from_checkpoint):
+        return _newest_valid_checkpoint(path, check=lambda p: verify_files(p, [WEIGHTS_NAME]))
+    verify_files(path, [WEIGHTS_NAME])
+    return path
+
+
+def _asked_for_newest(value: Any) -> bool:
+    return value is True or (isinstance(value, str) and value.strip().lower() == "true")
+
+
+def _requested_checkpoint(value: Any, output_dir: Union[str, os.PathLike, None]) -> Optional[Path]:
+    """None for no checkpoint, the output dir to search for ``true``, else the named checkpoint path."""
     if isinstance(value, str) and value.strip().lower() in ("", "false", "none"):
         return None
     if value is None or value is False:
         return None
-    if value is True or (isinstance(value, str) and value.strip().lower() == "true"):
-        return _newest_valid_checkpoint(Path(output_dir or "."))
+    if _asked_for_newest(value):
+        return Path(output_dir or ".")
     path = Path(value)
     if not (path / MANIFEST_NAME).exists() and list_checkpoints(path):
         raise CheckpointError(
             f"resume_from_checkpoint={value}: {path} is an output directory, not a checkpoint; pass one of its "
             "checkpoint-<step> directories, or true for the newest valid one"
         )
-    manifest = verify_checkpoint(path)
-    _require_resumable(path, manifest)
     return path
 
 
-def _newest_valid_checkpoint(output_dir: Path) -> Path:
+def _verify_resumable(path: Path) -> None:
+    _require_resumable(path, verify_checkpoint(path))
+
+
+def _newest_valid_checkpoint(output_dir: Path, check: Any = _verify_resumable) -> Path:
     candidates = list(reversed(list_checkpoints(output_dir)))
     if not candidates:
         raise CheckpointError(
@@ -298,7 +330,7 @@ def _newest_valid_checkpoint(output_dir: Path) -> Path:
     skipped = []
     for path in candidates:
         try:
-            _require_resumable(path, verify_checkpoint(path))
+            check(path)
         except CheckpointError as exc:
             logger.warning("not resuming from %s: %s", path.name, exc)
             skipped.append(f"{path.name}: {exc}")

@@ -58,6 +58,17 @@ def verify_checkpoint(path: Union[str, os.PathLike]) -> dict[str, Any]:
 _verified: dict[str, tuple] = {}
 
 
+def verify_files(path: Union[str, os.PathLike], names: list[str]) -> dict[str, Any]:
+    """Check only ``names`` against the manifest (evaluation needs the weights, not the optimizer state)."""
+    directory = Path(path)
+    if not directory.is_dir():
+        raise CheckpointError(f"{directory}: no such checkpoint directory")
+    manifest = _read_manifest(directory)
+    for name in names:
+        _check_file(directory, name, manifest["files"][manifest_file(directory, manifest, name).name])
+    return manifest
+
+
 def _read_manifest(directory: Path) -> dict[str, Any]:
     path = directory / MANIFEST_NAME
     if not path.is_file():

@@ -144,7 +144,7 @@ def _load_trained_weights(trainer: Any, args: Any) -> str:
 
     directory: Optional[Path] = None
     if args.resume_from_checkpoint:
-        directory = checkpoint.resolve_resume_checkpoint(args.resume_from_checkpoint, args.output_dir)
+        directory = checkpoint.resolve_weights_checkpoint(args.resume_from_checkpoint, args.output_dir)
     elif (Path(args.output_dir) / WEIGHTS_NAME).is_file():
         directory = Path(args.output_dir)
     if directory is None:
