@@ -154,3 +154,20 @@ def test_metric_driven_plugin_scheduler_gets_the_metric(tmp_path):
     trainer.train()
     metrics = trainer.lr_scheduler.metrics
     assert len(metrics) == 2 and all(isinstance(m, float) for m in metrics)
+
+
+class AlwaysReporterPlugin:
+    @hookimpl
+    def treadle_register_reporters(self, register):
+        register("audit", "json:dumps", always=True)
+        register("opt_in", "json:loads")
+
+
+def test_always_on_reporters_are_registration_metadata(tmp_path):
+    from treadle.selection import reporter_names
+
+    pm = TreadlePluginManager(autoload=False)
+    assert reporter_names(make_args(tmp_path, report_to="none"), pm) == ["console"]
+    pm.register_module(AlwaysReporterPlugin(), "audit")
+    assert reporter_names(make_args(tmp_path, report_to="none"), pm) == ["audit", "console"]
+    assert reporter_names(make_args(tmp_path, report_to=["jsonl"]), pm) == ["audit", "console", "jsonl"]

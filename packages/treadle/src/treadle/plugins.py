@@ -207,6 +207,7 @@ class ComponentSpec:
     init: dict[str, Any] = field(default_factory=dict)
     compat: dict[str, tuple[str, ...]] = field(default_factory=dict)
     defaults: dict[str, Any] = field(default_factory=dict)
+    always: bool = False  # a reporter that joins every run, whatever --report_to says (e.g. console)
     user_code: bool = False  # target given on the command line: imported from the current dir or a .py file
 
     @property
@@ -282,6 +283,7 @@ class Register:
         init: Optional[dict[str, Any]] = None,
         compat: Optional[dict[str, Iterable[str]]] = None,
         defaults: Optional[dict[str, Any]] = None,
+        always: bool = False,
         override: bool = False,
     ) -> None:
         """Offer ``name`` (the value users type) implemented by ``target`` (``"module:attr"``).
@@ -290,7 +292,8 @@ class Register:
         choices; ``init`` holds keyword presets passed to the implementation; ``compat`` maps
         another kind to the names this one works with; ``defaults`` holds argument values that
         suit this component, applied to arguments the user left unset when it is selected;
-        ``override=True`` replaces a name another
+        ``always=True`` (reporters) joins every run without being named in ``--report_to`` (it
+        decides itself, from the arguments, how much to show); ``override=True`` replaces a name another
         distribution registered (replacing a builtin warns).
         """
         if ":" not in target:
@@ -307,6 +310,7 @@ class Register:
             init=dict(init or {}),
             compat={k: tuple(v) for k, v in (compat or {}).items()},
             defaults=dict(defaults or {}),
+            always=always,
         )
         self.entries.append((spec, override))
 

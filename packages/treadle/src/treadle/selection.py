@@ -3,7 +3,7 @@
 The backend, precision and strategy named by ``--backend`` / ``--precision`` / ``--strategy``
 are resolved like any plugin's (the builtins included), checked against each other's declared
 ``compat`` data, and instantiated with their registered ``init`` presets. Reporters named by
-``--report_to`` join the always-present console reporter.
+``--report_to`` join the reporters registered with ``always=True`` (the builtin console).
 """
 
 from __future__ import annotations
@@ -15,9 +15,6 @@ from treadle.components import Backend, Precision, Strategy
 from treadle.errors import UsageError
 from treadle.flow import option_value
 from treadle.plugins import ComponentSpec, TreadlePluginManager, get_plugin_manager
-
-CONSOLE_REPORTER = "console"
-
 
 @dataclass
 class RunComponents:
@@ -71,7 +68,7 @@ def build_components(args: Any, pm: TreadlePluginManager | None = None) -> RunCo
 
 
 def reporter_names(args: Any, pm: TreadlePluginManager) -> list[str]:
-    """The console reporter, then those named by ``--report_to`` (``all`` / ``none`` understood)."""
+    """The ``always`` reporters (console), then those named by ``--report_to`` (``all`` / ``none`` understood)."""
     requested = args.report_to
     if requested is None:
         requested = []
@@ -82,7 +79,7 @@ def reporter_names(args: Any, pm: TreadlePluginManager) -> list[str]:
         requested = []
     elif "all" in requested:
         requested = pm.names("reporter")
-    names = [CONSOLE_REPORTER]
+    names = [spec.name for spec in pm.registry("reporter").values() if spec.always]
     for name in requested:
         if name not in names:
             names.append(name)

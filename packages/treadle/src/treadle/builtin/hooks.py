@@ -115,7 +115,9 @@ def treadle_register_schedulers(register: Any) -> None:
 
 @hookimpl
 def treadle_register_reporters(register: Any) -> None:
-    register("console", f"{_PKG}.reporters:ConsoleReporter", description="progress bar and log lines on the terminal")
+    register(
+        "console", f"{_PKG}.reporters:ConsoleReporter", description="progress bar and log lines on the terminal", always=True
+    )
     register("jsonl", f"{_PKG}.reporters:JsonlReporter", description="metrics as JSON lines in output_dir")
 
 
