@@ -200,3 +200,29 @@ def test_evaluate_ignores_a_damaged_optimizer_file_but_not_damaged_weights(train
     assert main([*argv, "--resume_from_checkpoint", str(damaged)]) == 1
     err = capsys.readouterr().err
     assert "model.safetensors" in err and "Traceback" not in err
+
+
+# --- `treadle train` does not evaluate the final weights twice
+
+
+def _eval_records(output_dir):
+    import json
+
+    lines = (output_dir / "metrics.jsonl").read_text().splitlines()
+    return [r for r in map(json.loads, lines) if "eval_loss" in r]
+
+
+def test_final_evaluation_reuses_the_last_steps_evaluation(tmp_path, capsys):
+    argv = ["train", "--max_steps", "2", "--eval_strategy", "steps", "--eval_steps", "2", "--report_to", "jsonl",
+            "--disable_tqdm", "true", "--output_dir", str(tmp_path)]
+    assert main(argv) == 0
+    assert "evaluation: eval_accuracy" in capsys.readouterr().out
+    assert len(_eval_records(tmp_path)) == 1
+    assert (tmp_path / "eval_results.json").is_file()
+
+
+def test_final_evaluation_runs_when_the_last_step_was_not_evaluated(tmp_path):
+    argv = ["train", "--max_steps", "3", "--eval_strategy", "steps", "--eval_steps", "2", "--report_to", "jsonl",
+            "--disable_tqdm", "true", "--output_dir", str(tmp_path)]
+    assert main(argv) == 0
+    assert [r["step"] for r in _eval_records(tmp_path)] == [2, 3]

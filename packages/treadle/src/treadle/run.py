@@ -105,12 +105,28 @@ def _train(trainer: Any, args: Any, parts: TaskParts) -> str:
         f"train_loss {result.training_loss:.4f}"
     ]
     if parts.eval_dataset is not None and args.do_eval:
-        metrics = trainer.evaluate()
+        metrics = _final_evaluation(trainer, args) or trainer.evaluate()
         trainer.log_metrics("eval", metrics)
         trainer.save_metrics("eval", metrics)
         lines.append("evaluation: " + _headline(metrics, "eval"))
     lines.append(f"model and metrics saved in {os.path.abspath(args.output_dir)}")
     return "\n".join(lines)
+
+
+def _final_evaluation(trainer: Any, args: Any) -> Optional[dict[str, Any]]:
+    """The metrics of an evaluation that already ran on the final weights (at the last step), if any.
+
+    Evaluating again would cost a full pass for the same numbers. Not when load_best_model_at_end
+    swapped in an earlier checkpoint's weights.
+    """
+    state = trainer.state
+    if args.load_best_model_at_end and state.best_global_step not in (None, state.global_step):
+        return None
+    metrics: dict[str, Any] = {}
+    for entry in state.log_history:
+        if entry.get("step") == state.global_step and any(str(key).startswith("eval_") for key in entry):
+            metrics.update((key, value) for key, value in entry.items() if key != "step")
+    return metrics or None
 
 
 def _evaluate(trainer: Any, args: Any, parts: TaskParts) -> str:
