@@ -1,5 +1,6 @@
 """User mistakes end in one clear message and a non-zero exit, never a traceback (in-process CLI)."""
 
+import os
 import sys
 
 import pytest
@@ -23,7 +24,8 @@ def user_dir(tmp_path, monkeypatch):
 def write_task(directory, name, body):
     path = directory / name
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text("from treadle.builtin.demo_task import build as demo_build\nfrom treadle.components import TaskParts\n" + body)
+    header = "from treadle.builtin.demo_task import build as demo_build\nfrom treadle.components import TaskParts\n"
+    path.write_text(header + body)
     return path
 
 
@@ -95,7 +97,7 @@ def test_trainer_train_checks_output_dir_first(tmp_path):
         trainer.train()
 
 
-@pytest.mark.skipif(not hasattr(__import__("os"), "geteuid") or __import__("os").geteuid() == 0, reason="root writes anywhere")
+@pytest.mark.skipif(getattr(os, "geteuid", lambda: 0)() == 0, reason="root writes anywhere (or no permission bits)")
 def test_unwritable_output_dir_is_a_usage_error(tmp_path):
     from treadle.errors import UsageError
     from treadle.output_dir import prepare_output_dir
@@ -116,11 +118,15 @@ def test_unwritable_output_dir_is_a_usage_error(tmp_path):
 @pytest.mark.parametrize(
     "body, status, message",
     [
-        ("def build(args):\n    raise RuntimeError('dataset missing')\n", 1, "task 'broken:build' raised RuntimeError: dataset missing (at "),
+        ("def build(args):\n    raise RuntimeError('dataset missing')\n", 1,
+         "task 'broken:build' raised RuntimeError: dataset missing (at "),
         ("build = 42\n", 2, "task 'broken:build' is a int, not a function"),
-        ("def build(args, tokenizer):\n    return None\n", 2, "cannot be called with the training arguments (its signature is build(args, tokenizer))"),
-        ("def build(args):\n    return {'model': None}\n", 2, "task 'broken:build' returned dict; a task must return treadle.TaskParts"),
-        ("def build(args):\n    return TaskParts(model='not a model')\n", 2, "Trainer needs the model as a torch.nn.Module, got builtins.str"),
+        ("def build(args, tokenizer):\n    return None\n", 2,
+         "cannot be called with the training arguments (its signature is build(args, tokenizer))"),
+        ("def build(args):\n    return {'model': None}\n", 2,
+         "task 'broken:build' returned dict; a task must return treadle.TaskParts"),
+        ("def build(args):\n    return TaskParts(model='not a model')\n", 2,
+         "Trainer needs the model as a torch.nn.Module, got builtins.str"),
     ],
     ids=["raises", "not-callable", "signature", "not-taskparts", "not-a-module"],
 )

@@ -259,7 +259,8 @@ def apply_aliases(args, aliases: dict[str, str], defaults: dict[str, Any]) -> li
         current = getattr(args, new)
         if _differs_from_default(args, new, defaults) and current != converted:
             problems.append(
-                f"{old}: deprecated alias of {new}, but both are given ({old}={_fmt(getattr(args, old), old)}, {new}={_fmt(current, new)})"
+                f"{old}: deprecated alias of {new}, but both are given "
+                f"({old}={_fmt(getattr(args, old), old)}, {new}={_fmt(current, new)})"
             )
         else:
             object.__setattr__(args, new, converted)

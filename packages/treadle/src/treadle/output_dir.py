@@ -26,7 +26,9 @@ def prepare_output_dir(path: Union[str, os.PathLike]) -> Path:
             f"--output_dir {directory}: part of that path is a file, not a directory; choose another --output_dir"
         ) from None
     except OSError as exc:
-        raise UsageError(f"--output_dir {directory}: cannot be created ({exc.strerror or exc}); choose another --output_dir") from None
+        raise UsageError(
+            f"--output_dir {directory}: cannot be created ({exc.strerror or exc}); choose another --output_dir"
+        ) from None
     try:
         fd, probe = tempfile.mkstemp(prefix=".treadle-write-test-", dir=directory)
         os.close(fd)

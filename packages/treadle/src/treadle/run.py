@@ -29,7 +29,9 @@ def build_task(args: Any) -> TaskParts:
     """
     build = get_plugin_manager().resolve("task", args.task, args).load()
     if not callable(build):
-        raise UsageError(f"task {args.task!r} is a {type(build).__name__}, not a function; point --task at a function taking the arguments")
+        raise UsageError(
+            f"task {args.task!r} is a {type(build).__name__}, not a function; point --task at a function taking the arguments"
+        )
     try:
         inspect.signature(build).bind(args)
     except TypeError:
