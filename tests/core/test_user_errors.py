@@ -232,3 +232,19 @@ def test_final_evaluation_runs_when_the_last_step_was_not_evaluated(tmp_path):
             "--disable_tqdm", "true", "--output_dir", str(tmp_path)]
     assert main(argv) == 0
     assert [r["step"] for r in _eval_records(tmp_path)] == [2, 3]
+
+
+def test_checkpoint_directory_that_cannot_be_created_is_a_checkpoint_error(tmp_path):
+    import torch
+
+    from treadle.args import TrainingArguments
+    from treadle.checkpoint import save_checkpoint
+    from treadle.errors import CheckpointError
+    from treadle.trainer import Trainer
+
+    args = TrainingArguments(output_dir=str(tmp_path / "out"), report_to="none")
+    trainer = Trainer(model=torch.nn.Linear(2, 1), args=args)
+    (tmp_path / "afile").write_text("")
+    args.output_dir = str(tmp_path / "afile" / "out")  # e.g. the output disk changed under a running job
+    with pytest.raises(CheckpointError, match="could not create .*checkpoint-0"):
+        save_checkpoint(trainer)
