@@ -32,7 +32,7 @@ from torch import nn
 from treadle import checkpoint
 from treadle.batch_size_search import StartingPoint, recorded_batch_size
 from treadle.callbacks import as_hook_plugin, has_hookimpls, plugin_name
-from treadle.components import NoSyncCapable, scheduler_needs_metric
+from treadle.components import NoSyncCapable, Precision, scheduler_needs_metric
 from treadle.config import check_arguments
 from treadle.data import (
     EvalBatchSampler,
@@ -190,7 +190,11 @@ class Trainer:
         if not hasattr(self, "model_accepts_loss_kwargs") or self.model_accepts_loss_kwargs is None:
             self.model_accepts_loss_kwargs = accepts_loss_kwargs(model)
         self._input_mapper = InputMapper(model)
-        self._device = self.strategy.root_device or torch.device("cpu")
+        self._set_device(self.strategy.root_device)
+
+    def _set_device(self, device: Optional[torch.device]) -> None:
+        self._device = device or torch.device("cpu")
+        self._inputs_to_device = self._device.type != "cpu"
 
     def _register_run_plugins(self, callbacks: list) -> None:
         """Flow plugin first (and ``tryfirst``), then the selected components, reporters and hub, then the user's callbacks.
@@ -340,6 +344,8 @@ class Trainer:
         self._scheduler_per_step = self.lr_scheduler is not None and not scheduler_needs_metric(self.lr_scheduler)
         self._nan_policy = option_value(getattr(args, "nan_inf_policy", "warn")) or "warn"
         self._precision_scales_loss = bool(self.precision.scales_loss)
+        # A precision without a forward context (fp32) costs no null context per micro-batch.
+        self._forward_context = self.precision.forward_context if _overrides(self.precision, "forward_context", Precision) else None
         self._skipped_in_window = 0
         self._skipped_total = 0
         self._empty_cache_every = args.torch_empty_cache_steps or 0
@@ -466,14 +472,15 @@ class Trainer:
         check = self._nan_policy != "warn"
         step_loss = None
         last = len(micro_batches) - 1
+        items = (num_items,) if self._step_takes_items else ()  # an override may not take num_items_in_batch
         for i, inputs in enumerate(micro_batches):
             if self._track_inputs:
                 self._count_inputs(inputs)
             if i < last and self._no_sync is not None:
                 with self._no_sync(model, True):
-                    loss = self._training_step(model, inputs, num_items)
+                    loss = self.training_step(model, inputs, *items)
             else:
-                loss = self._training_step(model, inputs, num_items)
+                loss = self.training_step(model, inputs, *items)
             self._loss_window.add(loss)
             if check:
                 step_loss = loss if step_loss is None else step_loss + loss
@@ -490,11 +497,6 @@ class Trainer:
         if stepped and self._scheduler_per_step:
             self.lr_scheduler.step()
         self.strategy.zero_grad(self.optimizer)
-
-    def _training_step(self, model: nn.Module, inputs: Any, num_items: Any) -> torch.Tensor:
-        if self._step_takes_items:
-            return self.training_step(model, inputs, num_items)
-        return self.training_step(model, inputs)
 
     def _items_in_step(self, micro_batches: list[dict[str, Any]]) -> Any:
         """Items the whole accumulated batch averages over (so its loss equals one big batch's)."""
@@ -808,11 +810,12 @@ class Trainer:
         share = None
         if num_items_in_batch is not None and self._weight_micro_batches:
             share = count_items(inputs, self.label_names) / num_items_in_batch
-        with self.precision.forward_context():
-            if self._loss_takes_items:
-                loss = self.compute_loss(model, inputs, num_items_in_batch=num_items_in_batch)
-            else:
-                loss = self.compute_loss(model, inputs)
+        items = {"num_items_in_batch": num_items_in_batch} if self._loss_takes_items else {}
+        if self._forward_context is None:
+            loss = self.compute_loss(model, inputs, **items)
+        else:
+            with self._forward_context():
+                loss = self.compute_loss(model, inputs, **items)
         if share is not None:
             loss = loss * share
         elif self._average_tokens and num_items_in_batch is not None:
@@ -829,7 +832,7 @@ class Trainer:
     ) -> Any:
         """The loss of one batch: the model's own, or ``compute_loss_func`` / label smoothing on its outputs."""
         labels = None
-        if self._loss_outside_model():
+        if self.compute_loss_func is not None or self.args.label_smoothing_factor:  # the loss is computed here
             key = self.label_names[0] if len(self.label_names) == 1 else "labels"
             if key in inputs:
                 labels = inputs[key]
@@ -841,6 +844,8 @@ class Trainer:
             loss = self.compute_loss_func(outputs, labels, num_items_in_batch=num_items_in_batch)
         elif labels is not None:
             loss = label_smoothed_loss(outputs, labels, self.args.label_smoothing_factor)
+        elif isinstance(outputs, torch.Tensor) and outputs.dim() == 0:
+            loss = outputs  # the common case, decided without a call (this runs every micro-batch)
         else:
             loss = loss_from_outputs(outputs, inputs, self.label_names)
         return (loss, outputs) if return_outputs else loss
@@ -857,8 +862,9 @@ class Trainer:
 
     def _prepare_inputs(self, inputs: Any) -> dict[str, Any]:
         """A batch as the forward's keyword arguments, on the run's device."""
-        inputs = self._input_mapper(inputs)
-        if self._device.type != "cpu":
+        if not isinstance(inputs, dict):
+            inputs = self._input_mapper(inputs)
+        if self._inputs_to_device:
             inputs = move_to_device(inputs, self._device, non_blocking=self._pin_memory())
         return inputs
 
@@ -940,7 +946,7 @@ class Trainer:
                 )
             self.model_wrapped = wrapped
             self._wrapped_for = self.model
-            self._device = self.strategy.root_device or torch.device("cpu")
+            self._set_device(self.strategy.root_device)
         return self.model_wrapped
 
     def _replace_model(self, model: nn.Module) -> None:
@@ -1255,6 +1261,11 @@ def _groups_of(iterator: Iterator[Any], size: int) -> Iterator[list[Any]]:
 def _accepts(method: Callable[..., Any], name: str) -> bool:
     parameters = inspect.signature(method).parameters.values()
     return any(p.name == name or p.kind is p.VAR_KEYWORD for p in parameters)
+
+
+def _overrides(component: Any, method: str, base: type) -> bool:
+    """Whether ``component`` replaces ``base``'s ``method`` (in its class or on the instance)."""
+    return getattr(type(component), method) is not getattr(base, method) or method in vars(component)
 
 
 def _is_out_of_memory(exc: BaseException) -> bool:
