@@ -4,14 +4,17 @@ A pluggy hook call costs several microseconds even with one implementation, and 
 a few per optimizer step; against a small model's step of a few hundred microseconds that is
 the whole overhead budget. ``EventDispatcher`` therefore snapshots, per event, the
 implementations registered with the run's ``RunHooks`` (in pluggy's calling order: ``tryfirst``
-first, then the most recently registered) and calls them directly. An event nobody implements
-costs one dict lookup. Events with a wrapper implementation go through pluggy itself, so
-wrapper semantics are never approximated. A registration or removal through ``RunHooks``
-bumps its ``version``; the next dispatch sees that and takes a new snapshot.
+first, then the most recently registered) and calls them directly: ``callers[event]`` is None
+for an event nobody implements, so such an event costs one dict lookup. Each implementation's
+arguments are picked from the event's values by an ``operator.itemgetter`` built once, not by a
+Python loop per call. Events with a wrapper implementation go through pluggy itself, so
+wrapper semantics are never approximated. ``RunHooks`` tells the dispatcher about every
+registration or removal, and the snapshot is taken again at once.
 """
 
 from __future__ import annotations
 
+import operator
 from typing import Any, Callable, Optional
 
 from treadle import hookspecs
@@ -30,23 +33,16 @@ def hook_name(event: str) -> str:
 
 
 class EventDispatcher:
-    """``dispatch(event, trainer, args, state, control, **extra)`` for one run's hooks."""
+    """``callers[event](trainer, args, state, control, extra)`` for one run's hooks (None: nobody listens)."""
 
     def __init__(self, run_hooks: RunHooks) -> None:
         self.run_hooks = run_hooks
-        self._callers: dict[str, Optional[Callable[..., None]]] = {}
+        self.callers: dict[str, Optional[Callable[..., None]]] = {}
         self.refresh()
+        run_hooks.on_change(self.refresh)
 
     def refresh(self) -> None:
-        self._version = self.run_hooks.version
-        self._callers = {event: self._caller(event) for event in LIFECYCLE_EVENTS}
-
-    def dispatch(self, event: str, trainer: Any, args: Any, state: Any, control: Any, **extra: Any) -> None:
-        if self._version != self.run_hooks.version:
-            self.refresh()
-        caller = self._callers[event]
-        if caller is not None:
-            caller(trainer, args, state, control, extra)
+        self.callers = {event: self._caller(event) for event in LIFECYCLE_EVENTS}
 
     def _caller(self, event: str) -> Optional[Callable[..., None]]:
         name = hook_name(event)
@@ -55,15 +51,18 @@ class EventDispatcher:
             return None
         if any(impl.hookwrapper or getattr(impl, "wrapper", False) for impl in impls):
             return self._through_pluggy(name)
-        plan = [(impl.function, tuple(impl.argnames), impl.plugin_name) for impl in reversed(impls)]  # pluggy's order
+        plan = [(impl.function, *_picker(impl.argnames), impl.plugin_name) for impl in reversed(impls)]  # pluggy's order
 
         def call(trainer: Any, args: Any, state: Any, control: Any, extra: dict[str, Any]) -> None:
-            values = {"trainer": trainer, "args": args, "state": state, "control": control}
-            if extra:
-                values.update(extra)
-            for function, argnames, plugin in plan:
+            values = {"trainer": trainer, "args": args, "state": state, "control": control, **extra}
+            for function, pick, count, plugin in plan:
                 try:
-                    function(*[values[n] for n in argnames])
+                    if count == 1:
+                        function(pick(values))
+                    elif count:
+                        function(*pick(values))
+                    else:
+                        function()
                 except Exception as exc:
                     if hasattr(exc, "add_note"):
                         exc.add_note(f"treadle: raised in {name} of plugin {plugin}")
@@ -77,3 +76,7 @@ class EventDispatcher:
 
         return call
 
+
+def _picker(argnames: tuple[str, ...]) -> tuple[Optional[Callable[[dict[str, Any]], Any]], int]:
+    """``(getter, count)``: ``getter(values)`` is the one argument (count 1) or the tuple of them."""
+    return (operator.itemgetter(*argnames) if argnames else None), len(argnames)

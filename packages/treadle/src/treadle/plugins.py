@@ -364,17 +364,24 @@ class RunHooks:
     def __init__(self) -> None:
         self._pm = pluggy.PluginManager(ENTRY_POINT_GROUP)
         self._pm.add_hookspecs(hookspecs)
-        self.version = 0
-        """Bumped by every (un)registration, so snapshots of the implementations know they are stale."""
+        self._listeners: list[Callable[[], None]] = []
+
+    def on_change(self, listener: Callable[[], None]) -> None:
+        """Call ``listener()`` after every registration or removal (to refresh a snapshot at once)."""
+        self._listeners.append(listener)
 
     def register(self, plugin: object, name: Optional[str] = None) -> None:
-        self.version += 1
         self._pm.register(plugin, name=name)
         _check_known_hooks(self._pm, plugin)
+        self._changed()
 
     def unregister(self, plugin: object) -> None:
-        self.version += 1
         self._pm.unregister(plugin)
+        self._changed()
+
+    def _changed(self) -> None:
+        for listener in self._listeners:
+            listener()
 
     def plugins(self) -> list[object]:
         return list(self._pm.get_plugins())

@@ -1156,7 +1156,9 @@ class Trainer:
         return [callback for callback, _ in self._callbacks if callable(getattr(callback, "state", None))]
 
     def _event(self, event: str, **extra: Any) -> None:
-        self._events.dispatch(event, self, self.args, self.state, self.control, **extra)
+        caller = self._events.callers[event]
+        if caller is not None:
+            caller(self, self.args, self.state, self.control, extra)
 
     # =========================================================================================
     # Processes, logging and saving
