@@ -6,7 +6,9 @@ evaluation / saving, finish); evaluation and prediction; the overridable buildin
 
 The loop never talks to a concrete device, precision or distribution plugin: it asks the
 strategy (which owns the backend and the precision) to wrap the model and optimizer, to run
-backward, to clip and to step. Lifecycle hooks go through one ``RunHooks`` per Trainer; events
+backward, to clip and to step; where neither the strategy nor its precision changes one of
+these operations, the loop makes the torch call the default would end in (decided once per
+run, in ``_configure_step``). Lifecycle hooks go through one ``RunHooks`` per Trainer; events
 nobody implements are not called at all, and nothing in a step waits for the device unless
 something is logged, checked (``--nan_inf_policy skip_step|halt``) or saved.
 """
@@ -32,7 +34,7 @@ from torch import nn
 from treadle import checkpoint
 from treadle.batch_size_search import StartingPoint, recorded_batch_size
 from treadle.callbacks import as_hook_plugin, has_hookimpls, plugin_name
-from treadle.components import NoSyncCapable, Precision, scheduler_needs_metric
+from treadle.components import NoSyncCapable, Precision, Strategy, scheduler_needs_metric
 from treadle.config import check_arguments
 from treadle.data import (
     EvalBatchSampler,
@@ -344,8 +346,16 @@ class Trainer:
         self._scheduler_per_step = self.lr_scheduler is not None and not scheduler_needs_metric(self.lr_scheduler)
         self._nan_policy = option_value(getattr(args, "nan_inf_policy", "warn")) or "warn"
         self._precision_scales_loss = bool(self.precision.scales_loss)
-        # A precision without a forward context (fp32) costs no null context per micro-batch.
-        self._forward_context = self.precision.forward_context if _overrides(self.precision, "forward_context", Precision) else None
+        # Where neither the strategy nor its precision changes a step operation, the loop makes the
+        # torch call their defaults end in, instead of two or three calls through them per step
+        # (fp32 needs no forward context at all).
+        strategy_own = functools.partial(_overrides, self.strategy, base=Strategy)
+        precision_own = functools.partial(_overrides, self.precision, base=Precision)
+        self._forward_context = self.precision.forward_context if precision_own("forward_context") else None
+        self._torch_backward = not (strategy_own("backward") or precision_own("backward"))
+        self._torch_clip = not (strategy_own("clip_grad_norm") or precision_own("unscale_gradients"))
+        self._torch_step = not (strategy_own("optimizer_step") or precision_own("optimizer_step"))
+        self._torch_zero_grad = not strategy_own("zero_grad")
         self._skipped_in_window = 0
         self._skipped_total = 0
         self._empty_cache_every = args.torch_empty_cache_steps or 0
@@ -486,17 +496,27 @@ class Trainer:
                 step_loss = loss if step_loss is None else step_loss + loss
             if i < last:
                 self._event("substep_end")
-        if self._max_grad_norm is not None:
-            self._grad_norm = self.strategy.clip_grad_norm(model, self.optimizer, self._max_grad_norm)
+        max_norm = self._max_grad_norm
+        if max_norm is not None and self._torch_clip:
+            self._grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm)
+        elif max_norm is not None:
+            self._grad_norm = self.strategy.clip_grad_norm(model, self.optimizer, max_norm)
         if check and not self._step_is_finite(step_loss):
             self._drop_non_finite_step(step_loss)
             return
         self._event("pre_optimizer_step")
-        stepped = self._fused_backward is not None or self.strategy.optimizer_step(self.optimizer, model)
+        if self._torch_step and self._fused_backward is None:
+            self.optimizer.step()
+            stepped = True
+        else:
+            stepped = self._fused_backward is not None or self.strategy.optimizer_step(self.optimizer, model)
         self._event("optimizer_step")
         if stepped and self._scheduler_per_step:
             self.lr_scheduler.step()
-        self.strategy.zero_grad(self.optimizer)
+        if self._torch_zero_grad:
+            self.optimizer.zero_grad(set_to_none=True)
+        else:
+            self.strategy.zero_grad(self.optimizer)
 
     def _items_in_step(self, micro_batches: list[dict[str, Any]]) -> Any:
         """Items the whole accumulated batch averages over (so its loss equals one big batch's)."""
@@ -823,6 +843,8 @@ class Trainer:
             loss = loss * self.strategy.world_size
         if self._fused_backward is not None:
             self._fused_backward(loss, self._current_learning_rate())  # backward and update in one pass
+        elif self._torch_backward:
+            loss.backward()
         else:
             self.strategy.backward(loss, model)
         return loss.detach()
