@@ -23,7 +23,7 @@ from typing import Any, Callable, Iterator, Mapping, Optional, Sequence
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset, IterableDataset, Sampler
+from torch.utils.data import DataLoader, Dataset, IterableDataset, Sampler, TensorDataset
 
 from treadle.errors import UsageError
 
@@ -490,10 +490,11 @@ def remove_unused_columns(dataset: Any, collator: Callable, model: Any, label_na
     """Apply ``remove_unused_columns``: drop dataset columns / sample keys the model cannot take.
 
     A ``datasets.Dataset`` loses the columns; for any other dataset of dicts the collator drops
-    the keys. A forward with ``**kwargs`` accepts anything, so nothing is removed.
+    the keys. A forward with ``**kwargs`` accepts anything and a ``TensorDataset``'s samples are
+    tuples (no column names), so for them nothing is removed and the collator is not wrapped.
     """
     names, var_kw = forward_parameters(model)
-    if var_kw:
+    if var_kw or isinstance(dataset, TensorDataset):
         return dataset, collator
     keep = set(names) | set(label_names) | set(_LABEL_ALIASES)
     column_names = getattr(dataset, "column_names", None)

@@ -26,7 +26,7 @@ import os
 import sys
 import time
 from dataclasses import dataclass
-from typing import Any, Callable, Iterator, Optional, Union
+from typing import Any, Callable, Iterator, Optional, Sequence, Union
 
 import torch
 from torch import nn
@@ -461,7 +461,8 @@ class Trainer:
             if self._empty_cache_every and state.global_step % self._empty_cache_every == 0:
                 self.backend.empty_cache()
             self._event("step_end")
-            self._maybe_log_save_evaluate(ignore_keys_for_eval)
+            if control.should_log or control.should_evaluate or control.should_save:
+                self._maybe_log_save_evaluate(ignore_keys_for_eval)
             if control.should_epoch_stop or control.should_training_stop:
                 break
         if plan.steps_per_epoch is None:
@@ -472,7 +473,7 @@ class Trainer:
         self._event("epoch_end")
         self._maybe_log_save_evaluate(ignore_keys_for_eval)
 
-    def _run_optimizer_step(self, micro_batches: list[Any]) -> None:
+    def _run_optimizer_step(self, micro_batches: Sequence[Any]) -> None:
         """Forward and backward over the micro-batches of one step, then clip, check and step."""
         model = self.model_wrapped
         num_items = None
@@ -1269,12 +1270,14 @@ def _check_compile_backend(args: Any) -> None:
         )
 
 
-def _groups_of(iterator: Iterator[Any], size: int) -> Iterator[list[Any]]:
-    """Consecutive lists of ``size`` items (the last one may be shorter)."""
+def _groups_of(iterator: Iterator[Any], size: int) -> Iterator[Sequence[Any]]:
+    """Consecutive groups of ``size`` items (the last one may be shorter)."""
     if size == 1:
-        for item in iterator:
-            yield [item]
-        return
+        return zip(iterator)  # one-item tuples, made without a Python frame per step
+    return _lists_of(iterator, size)
+
+
+def _lists_of(iterator: Iterator[Any], size: int) -> Iterator[list[Any]]:
     while True:
         group = list(itertools.islice(iterator, size))
         if not group:
