@@ -47,8 +47,10 @@ class EpochSampler(Sampler[int]):
         self.rank = rank
         self.epoch = 0
         self.start = 0
-        self.tag_positions = False
-        """Yield ``EpochIndex`` values (for ``WorkerSeededDataset``) instead of plain ints."""
+        self.tag_every = 0
+        """With ``n > 0``, every ``n``-th index (the first of each batch of ``n``) is an ``EpochIndex``,
+        which ``WorkerSeededDataset`` seeds the batch from; the others stay plain ints, so a batch
+        costs one such object, not one per sample."""
 
     def set_epoch(self, epoch: int) -> None:
         """Select the epoch whose order to produce; resets the start offset."""
@@ -75,9 +77,10 @@ class EpochSampler(Sampler[int]):
 
     def __iter__(self) -> Iterator[int]:
         indices = self.epoch_indices()[self.start :]
-        if not self.tag_positions:
-            return iter(indices)
-        return (EpochIndex(index, self.epoch, self.start + i) for i, index in enumerate(indices))
+        if self.tag_every:
+            for i in range(0, len(indices), self.tag_every):
+                indices[i] = EpochIndex(indices[i], self.epoch, self.start + i)
+        return iter(indices)
 
     def __len__(self) -> int:
         per_replica = math.ceil(self.num_samples / self.num_replicas)
@@ -306,7 +309,7 @@ def build_dataloader(
         if args.dataloader_prefetch_factor is not None:
             kwargs["prefetch_factor"] = args.dataloader_prefetch_factor
         if isinstance(sampler, EpochSampler) and not isinstance(dataset, IterableDataset):
-            sampler.tag_positions = True
+            sampler.tag_every = batch_size
             dataset = WorkerSeededDataset(dataset, seed)
     if batch_sampler is not None:
         return TreadleDataLoader(dataset, batch_sampler=batch_sampler, seed=seed, **kwargs)
