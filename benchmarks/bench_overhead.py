@@ -281,6 +281,7 @@ def describe_setup(optimizer: torch.optim.Optimizer, scheduler: Any, max_grad_no
 
 def run_side(role: str, index: int, workload_name: str, warmup: int, rounds: int, threads: int, go, start, finish, results) -> None:
     """One process of a measurement: build the workload, run one loop, send back its turn times."""
+    _share_one_cpu()
     torch.set_num_threads(threads)
     workload = WORKLOADS[workload_name]
     baton = Baton(index, workload.block, warmup + rounds, go, start, finish)
@@ -297,6 +298,13 @@ def run_side(role: str, index: int, workload_name: str, warmup: int, rounds: int
         optimizer, scheduler = plain_loop(model, data, workload.batch_size, steps, Collate(baton))
         setup = describe_setup(optimizer, scheduler, 1.0, steps)
     results.put({"index": index, "cpu": baton.cpu[warmup:], "wall": baton.wall[warmup:], "setup": setup})
+
+
+def _share_one_cpu() -> None:
+    """Run on the same CPU as the other loop: only one of them runs at a time, and on different
+    CPUs they would see different neighbours (on a virtual machine, different host cores)."""
+    if hasattr(os, "sched_setaffinity"):
+        os.sched_setaffinity(0, {min(os.sched_getaffinity(0))})
 
 
 def run_turns(workload: Workload, rounds: int, roles: tuple[str, str], threads: int) -> dict[str, Any]:
