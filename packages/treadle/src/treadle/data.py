@@ -18,6 +18,7 @@ from __future__ import annotations
 import inspect
 import itertools
 import math
+import numbers
 import random
 from typing import Any, Callable, Iterator, Mapping, Optional, Sequence
 
@@ -359,32 +360,63 @@ def sample_lengths(dataset: Any, length_column_name: str, main_input_name: str) 
 _LABEL_ALIASES = {"label": "labels", "label_ids": "labels"}
 
 
-def _stack(values: list[Any]) -> Any:
+def _is_number(value: Any) -> bool:
+    """A Python or numpy number (numpy registers its scalar types with the ``numbers`` ABCs)."""
+    return isinstance(value, (numbers.Number, np.bool_)) and not isinstance(value, complex)
+
+
+def _leaf(value: Any) -> Any:
+    """The first innermost element of nested lists / tuples (what decides their dtype)."""
+    while isinstance(value, (list, tuple)) and value:
+        value = value[0]
+    return value
+
+
+def _stack(values: list[Any], label: bool = False) -> Any:
+    """One batch tensor from one field of every sample, as transformers' default collator makes it.
+
+    Tensors and numpy arrays are stacked; Python and numpy numbers and nested lists of them
+    become a tensor (numpy keeps its dtype, Python ints are int64 and floats float32). A label
+    field is int64 when its values are integers and float32 when they are not, whatever their
+    type. Anything else (strings, objects) stays a list.
+    """
     first = values[0]
     if isinstance(first, torch.Tensor):
-        return torch.stack(values)
-    if isinstance(first, np.ndarray):
-        return torch.from_numpy(np.stack(values))
-    if isinstance(first, bool) or isinstance(first, int):
-        return torch.tensor(values, dtype=torch.long)
-    if isinstance(first, float):
-        return torch.tensor(values, dtype=torch.float32)
-    if isinstance(first, (list, tuple)) and first and isinstance(first[0], (int, float)):
-        try:
-            return torch.tensor(values)
-        except ValueError as exc:
-            raise UsageError(
-                "the samples hold sequences of different lengths, which cannot be stacked into one "
-                "tensor; pass data_collator=treadle.data.DataCollatorWithPadding() to pad them"
-            ) from exc
-    return values  # strings and other objects stay a list
+        return torch.stack(values)  # a tensor keeps the dtype its dataset chose, labels too
+    if _is_number(first) and isinstance(first, (bool, int, float)):  # Python numbers (and np.float64)
+        return torch.tensor(values, dtype=torch.float32 if isinstance(first, float) else torch.long)
+    if isinstance(first, np.ndarray) or _is_number(first):
+        batch = _ragged_guard(lambda: torch.from_numpy(np.asarray(values)))
+    elif isinstance(first, (list, tuple)) and first and isinstance(_leaf(first), torch.Tensor):
+        batch = _ragged_guard(lambda: torch.stack([torch.stack([torch.as_tensor(x) for x in v]) for v in values]))
+    elif isinstance(first, (list, tuple)) and first and isinstance(_leaf(first), (np.ndarray, np.generic)):
+        batch = _ragged_guard(lambda: torch.from_numpy(np.asarray(values)))
+    elif isinstance(first, (list, tuple)) and first and _is_number(_leaf(first)):
+        batch = _ragged_guard(lambda: torch.tensor(values))
+    else:
+        return values  # strings and other objects stay a list
+    if label:
+        batch = batch.float() if batch.is_floating_point() else batch.long()
+    return batch
+
+
+def _ragged_guard(make: Callable[[], torch.Tensor]) -> torch.Tensor:
+    try:
+        return make()
+    except (ValueError, RuntimeError) as exc:
+        raise UsageError(
+            "the samples hold sequences of different lengths, which cannot be stacked into one "
+            "tensor; pass data_collator=treadle.data.DataCollatorWithPadding() to pad them"
+        ) from exc
 
 
 def default_data_collator(features: list[Any]) -> Any:
     """Stack a list of samples into a batch.
 
     Dicts become a dict of tensors (``label`` / ``label_ids`` are renamed ``labels``), tuples
-    (e.g. from a ``TensorDataset``) a tuple of tensors, tensors a stacked tensor.
+    (e.g. from a ``TensorDataset``) a tuple of tensors, tensors a stacked tensor. Values may be
+    tensors, numpy arrays or scalars (as ``datasets`` returns them in numpy format), Python
+    numbers, or nested lists of numbers; see ``_stack`` for the dtypes.
     """
     first = features[0]
     if isinstance(first, Mapping):
@@ -392,9 +424,10 @@ def default_data_collator(features: list[Any]) -> Any:
         for key in first:
             if first[key] is None:
                 continue
-            batch[_LABEL_ALIASES.get(key, key)] = _stack([f[key] for f in features])
+            name = _LABEL_ALIASES.get(key, key)
+            batch[name] = _stack([f[key] for f in features], label=name == "labels")
         return batch
-    if isinstance(first, (tuple, list)) and not isinstance(first[0], (int, float)):
+    if isinstance(first, (tuple, list)) and first and not _is_number(first[0]):
         columns = [_stack([f[i] for f in features]) for i in range(len(first))]
         return tuple(columns) if isinstance(first, tuple) else columns
     return _stack(list(features))
@@ -421,7 +454,7 @@ class DataCollatorWithPadding:
             if isinstance(values[0], (list, tuple, torch.Tensor, np.ndarray)) and _is_sequence(values[0]):
                 batch[key] = self._pad(key, values)
             else:
-                batch[key] = _stack(values)
+                batch[key] = _stack(values, label=key == "labels")
         if "attention_mask" not in batch and "input_ids" in batch and "input_ids" in renamed[0]:
             lengths = torch.tensor([len(f["input_ids"]) for f in renamed])
             width = batch["input_ids"].shape[1]
