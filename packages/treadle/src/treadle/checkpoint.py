@@ -41,8 +41,8 @@ from treadle import run_state
 from treadle.errors import CheckpointError, UsageError
 from treadle.flow import best_metric_key, is_improvement
 from treadle.manifest import MANIFEST_NAME, manifest_file, verify_checkpoint, verify_files, write_manifest
-from treadle.model_files import WEIGHTS_NAME, read_weights, replace_files_atomically, write_model_files
-from treadle.serialization import fsync_path, load_state_files
+from treadle.model_files import WEIGHTS_NAME, read_weights, replace_files_atomically, write_model_files, write_weights
+from treadle.serialization import fsync_path, load_state_files, save_state_files
 
 if TYPE_CHECKING:
     from treadle.args import TrainingArguments
@@ -59,6 +59,10 @@ KIND_MODEL_ONLY = "model-only"
 
 __all__ = [
     "CHECKPOINT_PREFIX",
+    "checkpoint_file",
+    "pickled_files",
+    "read_full_state",
+    "write_full_state",
     "list_checkpoints",
     "load_best_model",
     "load_checkpoint",
@@ -92,7 +96,6 @@ def save_checkpoint(trainer: Any, metrics: Optional[Mapping[str, float]] = None)
         state.best_model_checkpoint = str(final)
 
     run_state.record_callback_states(trainer)
-    model_state = strategy.model_state_dict(trainer.model)
     training = None if args.save_only_model else run_state.collect(trainer)
     writer = _is_writer(args, strategy)
 
@@ -112,14 +115,27 @@ def save_checkpoint(trainer: Any, metrics: Optional[Mapping[str, float]] = None)
     if training is not None and strategy.world_size > 1 and staging.is_dir():
         run_state.write_process_rng(staging, training, strategy.global_rank)
     strategy.barrier("treadle-checkpoint-rng")
+    optimizer = None if training is None else trainer.optimizer
+    try:
+        written = strategy.save_checkpoint(staging, trainer.model, optimizer, writer=writer)
+    except BaseException:
+        if writer:
+            shutil.rmtree(staging, ignore_errors=True)
+        raise
+    pickled = sorted(set(_gathered_pickled(strategy, written)))
+    strategy.barrier("treadle-checkpoint-strategy")
     if writer:
         try:
-            write_model_files(staging, strategy.unwrap_model(trainer.model), model_state, args)
+            write_model_files(staging, strategy.unwrap_model(trainer.model), None, args)
             if training is not None:
                 run_state.write(staging, training, single_process=strategy.world_size == 1)
             state.save_to_json(str(staging / TRAINER_STATE_NAME))
             kind = KIND_MODEL_ONLY if training is None else KIND_FULL
-            write_manifest(staging, kind=kind, global_step=state.global_step, world_size=strategy.world_size)
+            facts = {"kind": kind, "global_step": state.global_step, "world_size": strategy.world_size,
+                     "strategy": getattr(strategy, "name", "")}
+            if pickled:
+                facts["pickled"] = pickled
+            write_manifest(staging, **facts)
         except OSError as exc:
             shutil.rmtree(staging, ignore_errors=True)
             raise CheckpointError(
@@ -134,6 +150,55 @@ def save_checkpoint(trainer: Any, metrics: Optional[Mapping[str, float]] = None)
     strategy.barrier("treadle-checkpoint-end")
     logger.debug("saved %s in %.3fs", final, time.perf_counter() - started)
     return final
+
+
+def _gathered_pickled(strategy: Any, written: Any) -> list[str]:
+    """Every process's ``CheckpointWrite.pickled`` (the writer records them in the manifest)."""
+    own = list(getattr(written, "pickled", None) or [])
+    if strategy.world_size == 1:
+        return own
+    return [name for names in strategy.all_gather_object(own) for name in names]
+
+
+def write_full_state(strategy: Any, staging_dir: Path, model: Any, optimizer: Any, *, writer: bool) -> None:
+    """The default ``Strategy.save_checkpoint``: full weights and optimizer state from the writer.
+
+    ``model_state_dict`` / ``optimizer_state_dict`` are called on every process (a strategy may
+    gather them collectively); only the writer writes ``model.safetensors`` and ``optimizer.*``.
+    """
+    model_state = strategy.model_state_dict(model)
+    optimizer_state = None if optimizer is None else strategy.optimizer_state_dict(optimizer)
+    if not writer:
+        return
+    write_weights(Path(staging_dir) / WEIGHTS_NAME, model_state)
+    if optimizer_state is not None:
+        save_state_files(Path(staging_dir), "optimizer", optimizer_state, where="optimizer")
+
+
+def read_full_state(strategy: Any, directory: Path, model: Any, optimizer: Any, manifest: Mapping[str, Any]) -> None:
+    """The default ``Strategy.load_checkpoint``: what ``write_full_state`` wrote."""
+    directory = Path(directory)
+    with _does_not_fit(directory / WEIGHTS_NAME, "the model"):
+        strategy.load_model_state_dict(model, read_weights(checkpoint_file(directory, manifest, WEIGHTS_NAME)))
+    if optimizer is None:
+        return
+    if "optimizer.json" not in manifest["files"]:
+        logger.warning("%s holds no optimizer state; the optimizer starts from its current state", directory)
+        return
+    state = load_state_files(directory, "optimizer", lambda name: checkpoint_file(directory, manifest, name))
+    with _does_not_fit(directory / "optimizer.json", "the optimizer (another --optim, or other parameters?)"):
+        strategy.load_optimizer_state_dict(optimizer, state)
+
+
+def checkpoint_file(directory: Union[str, os.PathLike], manifest: Mapping[str, Any], name: str) -> Path:
+    """The path of ``name`` (``/``-separated, relative) in a verified checkpoint; a file the
+    manifest does not list is a ``CheckpointError`` (for strategies reading their own files)."""
+    return manifest_file(Path(directory), manifest, name)
+
+
+def pickled_files(manifest: Mapping[str, Any]) -> list[str]:
+    """Files of a checkpoint that its strategy could only write with pickle (see ``CheckpointWrite``)."""
+    return list(manifest.get("pickled", []))
 
 
 def save_model_files(trainer: Any, output_dir: Union[str, os.PathLike]) -> Path:
@@ -380,11 +445,7 @@ def load_checkpoint(trainer: Any, path: Union[str, os.PathLike]) -> None:
             return None
         return load_state_files(directory, stem, need)
 
-    with _does_not_fit(directory / WEIGHTS_NAME, "the model"):
-        strategy.load_model_state_dict(trainer.model, read_weights(need(WEIGHTS_NAME)))
-    if (optimizer_state := saved("optimizer", trainer.optimizer)) is not None:
-        with _does_not_fit(directory / "optimizer.json", "the optimizer (another --optim, or other parameters?)"):
-            strategy.load_optimizer_state_dict(trainer.optimizer, optimizer_state)
+    strategy.load_checkpoint(directory, trainer.model, trainer.optimizer, manifest)
     if (scheduler_state := saved("scheduler", getattr(trainer, "lr_scheduler", None))) is not None:
         with _does_not_fit(directory / "scheduler.json", "the learning-rate scheduler"):
             trainer.lr_scheduler.load_state_dict(scheduler_state)
@@ -415,12 +476,10 @@ def load_best_model(trainer: Any) -> bool:
     directory = Path(best)
     try:
         manifest = verify_checkpoint(directory)
-        weights = read_weights(manifest_file(directory, manifest, WEIGHTS_NAME))
+        trainer.strategy.load_checkpoint(directory, trainer.model, None, manifest)
     except CheckpointError as exc:
         logger.error("load_best_model_at_end: cannot load the best model (%s); keeping the final weights", exc)
         return False
-    with _does_not_fit(directory / WEIGHTS_NAME, "the model"):
-        trainer.strategy.load_model_state_dict(trainer.model, weights)
     logger.info("loaded the best model from %s (%s = %s)", directory, trainer.args.metric_for_best_model, trainer.state.best_metric)
     return True
 

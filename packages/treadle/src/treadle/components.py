@@ -10,21 +10,40 @@ from __future__ import annotations
 
 import contextlib
 from abc import ABC, abstractmethod
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable, Optional
 
 from treadle.markers import hookimpl
 
 if TYPE_CHECKING:
+    from pathlib import Path
+
     import torch
 
     from treadle.args import TrainingArguments
 
 
 class Backend(ABC):
-    """A device family (cpu, cuda, mps, xla): where tensors live and how the device is driven."""
+    """A device family (cpu, cuda, mps, xla): where tensors live and how the device is driven.
+
+    The loop asks the backend for the device, whether loaders pin memory, how a batch gets onto
+    the device, and tells it where each step ends (``step_end``; XLA cuts its lazy graph there).
+    The loop decides once per run whether ``step_end`` and ``process_dataloader`` are overridden
+    and calls neither when they are not, so the defaults cost nothing per step.
+    """
 
     name: str = ""
+
+    n_gpu: int = 0
+    """GPUs one process drives (``TrainingArguments.n_gpu``): 1 for cuda and mps, 0 otherwise."""
+
+    parallel_mode: Optional[str] = None
+    """``TrainingArguments.parallel_mode`` for a backend with its own replica model (XLA: 'tpu');
+    None lets the process count decide."""
+
+    places_batches: bool = True
+    """Whether the loop hands each batch to ``move_batch``. False where batches are already on the
+    device when the loader yields them (the CPU: host tensors are where the model is)."""
 
     def __init__(self, args: TrainingArguments) -> None:
         self.args = args
@@ -35,12 +54,41 @@ class Backend(ABC):
         """Whether this machine can run the backend; must not raise."""
 
     @classmethod
+    def unavailable_reason(cls) -> Optional[str]:
+        """Why ``is_available()`` is false, in a few words for ``treadle env`` (None when available)."""
+        return None if cls.is_available() else "no such device on this machine"
+
+    @classmethod
     def device_count(cls) -> int:
         return 1 if cls.is_available() else 0
 
     @abstractmethod
     def setup_device(self, local_rank: int) -> torch.device:
         """Return the device this process trains on (and make it current)."""
+
+    def pin_memory(self) -> bool:
+        """Whether dataloaders should pin host memory for faster copies (with ``--dataloader_pin_memory``)."""
+        return False
+
+    def move_batch(self, batch: Any, device: torch.device) -> Any:
+        """Put one batch (tensors in dicts, lists, tuples) on ``device``; asynchronously from pinned memory."""
+        from treadle.model_io import move_to_device
+
+        return move_to_device(batch, device, non_blocking=self.pin_memory() and bool(self.args.dataloader_pin_memory))
+
+    def process_dataloader(self, dataloader: Any) -> Any:
+        """The iterable the loop reads batches from, given the positioned loader of an epoch or an evaluation.
+
+        XLA wraps it in a loader that uploads the next batches in the background. ``len`` and
+        the sampler are read from the original loader, so the wrapper need only iterate.
+        """
+        return dataloader
+
+    def step_end(self) -> None:
+        """Called after each optimizer step and after each evaluation / prediction batch.
+
+        A lazy device (XLA) compiles and runs the work traced since the last call here.
+        """
 
     def synchronize(self) -> None:
         """Wait for queued device work (a no-op where the device is synchronous)."""
@@ -60,7 +108,15 @@ class Backend(ABC):
 
 
 class Precision(ABC):
-    """How numbers are represented: autocast, gradient scaling, module conversion."""
+    """How numbers are represented: autocast, gradient scaling, module conversion.
+
+    The loop drives it in this order: ``setup(device)`` once the backend has picked the device;
+    ``convert_module`` once per model, before the strategy wraps it (so an optimizer built after
+    sees the converted parameters); then per step ``forward_context`` / ``backward`` /
+    ``unscale_gradients`` / ``optimizer_step``, or ``skip_step`` when the NaN/Inf policy drops the
+    step. With ``--fp16_full_eval`` / ``--bf16_full_eval`` a second instance, the run's *eval
+    precision*, serves evaluation (see ``Trainer.eval_precision``).
+    """
 
     name: str = ""
     scales_loss: bool = False
@@ -69,9 +125,23 @@ class Precision(ABC):
 
     def __init__(self, args: TrainingArguments) -> None:
         self.args = args
+        self.device: Optional[torch.device] = None
+
+    def setup(self, device: torch.device) -> None:
+        """Learn the run's device (called by the loop once the backend chose it).
+
+        Check here that the device can do what this precision promises and raise
+        ``treadle.UsageError`` naming the combination if not, so a run never falls back to float32
+        silently; create device-bound state here too (a loss scaler lives on the run's device).
+        """
+        self.device = device
 
     def convert_module(self, model: torch.nn.Module) -> torch.nn.Module:
-        """Cast or wrap the model's parameters before training (identity by default)."""
+        """Cast or wrap the model's parameters (identity by default).
+
+        The loop calls it once per model, before the strategy wraps the model. As an eval
+        precision it must convert in place (return the same module): the model is already wrapped.
+        """
         return model
 
     def forward_context(self) -> contextlib.AbstractContextManager:
@@ -89,9 +159,25 @@ class Precision(ABC):
         """Bring gradients to their true scale before clipping (for loss scaling)."""
 
     def optimizer_step(self, optimizer: torch.optim.Optimizer) -> bool:
-        """Step the optimizer; return False when the step was skipped (e.g. scaler overflow)."""
+        """Step the optimizer; return False when the step was skipped (e.g. scaler overflow).
+
+        The loop counts a skipped step in the logged ``skipped_steps`` and does not step the
+        learning-rate scheduler for it.
+        """
         optimizer.step()
         return True
+
+    def skip_step(self, optimizer: torch.optim.Optimizer) -> None:
+        """The loop dropped this step (non-finite loss, ``--nan_inf_policy skip_step``) instead of
+        calling ``optimizer_step``; the gradients are discarded right after.
+
+        A loss scaler must still count it as an overflow (lower the scale), so the policy and the
+        scaler agree about which steps happened. Nothing to do by default.
+        """
+
+    def log_values(self) -> dict[str, float]:
+        """Numbers to log with the training loss (e.g. ``loss_scale``); read only when logging."""
+        return {}
 
     def state_dict(self) -> dict[str, Any]:
         """JSON-able state (and tensors) to checkpoint, e.g. the loss scale."""
@@ -104,11 +190,32 @@ class Precision(ABC):
 def scheduler_needs_metric(scheduler: Any) -> bool:
     """Whether ``scheduler.step`` wants the evaluation metric (``metric_for_best_model``).
 
-    Such a scheduler sets ``needs_metric = True`` (torch's ``ReduceLROnPlateau`` as the builtin
-    ``reduce_lr_on_plateau`` returns it, or a plugin's own): the loop steps it after each
-    evaluation with the metric, instead of after each optimizer step.
+    Such a scheduler sets ``needs_metric = True`` (the builtin ``reduce_lr_on_plateau`` does, and
+    a plugin's own may): the loop steps it after each evaluation with the metric, instead of after
+    each optimizer step. torch's ``ReduceLROnPlateau`` is recognised however it arrives (e.g.
+    ``Trainer(optimizers=(opt, ReduceLROnPlateau(opt)))``), since its ``step`` requires the metric.
     """
-    return bool(getattr(scheduler, "needs_metric", False))
+    if scheduler is None:
+        return False
+    needs = getattr(scheduler, "needs_metric", None)
+    if needs is not None:
+        return bool(needs)
+    from torch.optim.lr_scheduler import ReduceLROnPlateau
+
+    return isinstance(scheduler, ReduceLROnPlateau)
+
+
+@dataclass
+class CheckpointWrite:
+    """What ``Strategy.save_checkpoint`` tells the core about the files it wrote.
+
+    ``pickled`` lists the paths (relative to the checkpoint directory, ``/``-separated) of files
+    that hold pickle because the strategy's engine cannot write anything else (DeepSpeed's own
+    checkpoint). The manifest records them, so a reader can tell which files unpickle on load;
+    loading them is an opt-in the plugin documents (see ``treadle.checkpoint.pickled_files``).
+    """
+
+    pickled: list[str] = field(default_factory=list)
 
 
 class Strategy(ABC):
@@ -117,9 +224,31 @@ class Strategy(ABC):
     A strategy owns the backend and the precision for the run; the loop calls ``backward``,
     ``clip_grad_norm`` and ``optimizer_step`` here so a strategy can route them (DeepSpeed's
     engine does all three itself).
+
+    Setting up for training happens in this order (see ``Trainer._setup_for_training``)::
+
+        wraps_model_first=True  (default, DDP, FSDP2): setup_model(model) -> the optimizer and
+                                scheduler are built on the wrapped/sharded parameters ->
+                                setup(wrapped, optimizer, scheduler)
+        wraps_model_first=False (DeepSpeed):           optimizer and scheduler built on the plain
+                                model -> setup(model, optimizer, scheduler) wraps all three at once
+
+    The class attributes below are declared capabilities: the loop reads them once per run.
     """
 
     name: str = ""
+
+    wraps_model_first: bool = True
+    """Whether ``setup_model`` runs before the optimizer exists (its parameters are the final,
+    possibly sharded, ones). False: ``setup`` receives the plain model with the optimizer."""
+
+    steps_scheduler: bool = False
+    """True when ``optimizer_step`` also steps the learning-rate scheduler (an engine that owns
+    it); the loop then never calls ``scheduler.step()`` itself."""
+
+    clips_gradients: bool = False
+    """True when the strategy clips gradients inside its own step (from its config): the loop
+    does not call ``clip_grad_norm`` and asks ``grad_norm`` for the logged norm instead."""
 
     def __init__(self, args: TrainingArguments, backend: Backend, precision: Precision) -> None:
         self.args = args
@@ -160,6 +289,43 @@ class Strategy(ABC):
     def setup_optimizer(self, optimizer: torch.optim.Optimizer) -> torch.optim.Optimizer:
         return optimizer
 
+    def setup(self, model: torch.nn.Module, optimizer: Any, scheduler: Any) -> tuple[torch.nn.Module, Any, Any]:
+        """Prepare model, optimizer and scheduler for training together; return all three.
+
+        ``model`` is what ``setup_model`` returned when ``wraps_model_first`` (else the plain
+        model). ``optimizer`` is None when ``creates_optimizer()`` is true; ``scheduler`` is then
+        a function ``scheduler(optimizer) -> scheduler`` unless ``creates_scheduler()`` is true
+        too (DeepSpeed's ``lr_scheduler`` argument takes exactly such a callable). The returned
+        optimizer and scheduler are the ones the loop steps (through ``optimizer_step``).
+        """
+        if not self.wraps_model_first:
+            model = self.setup_model(model)
+        return model, self.setup_optimizer(optimizer), scheduler
+
+    def creates_optimizer(self) -> bool:
+        """Whether the strategy builds the optimizer itself (e.g. from its own config file)."""
+        return False
+
+    def creates_scheduler(self) -> bool:
+        """Whether the strategy builds the learning-rate scheduler itself."""
+        return False
+
+    def compile_model(self, model: torch.nn.Module) -> torch.nn.Module:
+        """Apply ``--torch_compile`` to the set-up model (override to compile per block, or raise
+        ``UsageError`` for a combination the strategy cannot compile)."""
+        import torch
+
+        return torch.compile(model, backend=self.args.torch_compile_backend or "inductor", mode=self.args.torch_compile_mode)
+
+    def model_init_context(self) -> contextlib.AbstractContextManager:
+        """Context the model is built in (a task function, ``model_init``).
+
+        A sharding strategy may create parameters on the meta device here and materialise them
+        shard by shard in ``setup_model``. Entered before ``setup_environment`` when it wraps a
+        ``treadle train`` task, so it must not need the process group.
+        """
+        return contextlib.nullcontext()
+
     def unwrap_model(self, model: torch.nn.Module) -> torch.nn.Module:
         """The user's module inside whatever wrapper ``setup_model`` added."""
         return model
@@ -173,6 +339,17 @@ class Strategy(ABC):
         self.precision.unscale_gradients(optimizer)
         params = [p for p in model.parameters() if p.grad is not None]
         return torch.nn.utils.clip_grad_norm_(params, max_norm)
+
+    def grad_norm(self, model: torch.nn.Module) -> Optional[torch.Tensor]:
+        """The global L2 norm of the gradients (all shards, all ranks), or None without any.
+
+        Used for the NaN/Inf check and the logged ``grad_norm`` when the loop does not clip
+        (or ``clips_gradients`` is set). A sharded strategy must return the global norm.
+        """
+        import torch
+
+        grads = [p.grad for p in model.parameters() if p.grad is not None]
+        return torch.nn.utils.get_total_norm(grads) if grads else None
 
     def optimizer_step(self, optimizer: torch.optim.Optimizer, model: torch.nn.Module) -> bool:
         return self.precision.optimizer_step(optimizer)
@@ -216,6 +393,36 @@ class Strategy(ABC):
     def load_optimizer_state_dict(self, optimizer: torch.optim.Optimizer, state: dict[str, Any]) -> None:
         optimizer.load_state_dict(state)
 
+    def save_checkpoint(
+        self, staging_dir: Path, model: torch.nn.Module, optimizer: Any, *, writer: bool
+    ) -> Optional[CheckpointWrite]:
+        """Write the model and optimizer state of a checkpoint into ``staging_dir``.
+
+        ``model`` is the user's module (``trainer.model``; keep a reference to any wrapper or
+        engine ``setup`` made). Called on every process (gathering may be collective); ``staging_dir`` is the same
+        directory for all of them, and ``writer`` is true on the process that writes shared files
+        (rank 0, or each node's first with ``save_on_each_node``). ``optimizer`` is None for a
+        ``save_only_model`` checkpoint. The core writes everything else (scheduler, RNG, trainer
+        state, plugin states), then hashes every file under ``staging_dir`` into the manifest
+        and renames the directory into place, so files written here, in subdirectories too,
+        are covered by the same atomic publish. The default writes the full weights as
+        ``model.safetensors`` and the optimizer state as ``optimizer.json`` + ``.safetensors``
+        from the writer process.
+        """
+        from treadle.checkpoint import write_full_state
+
+        write_full_state(self, staging_dir, model, optimizer, writer=writer)
+        return None
+
+    def load_checkpoint(self, checkpoint_dir: Path, model: torch.nn.Module, optimizer: Any, manifest: dict[str, Any]) -> None:
+        """Restore what ``save_checkpoint`` wrote (every process calls it; ``optimizer`` None
+        means the weights only, e.g. ``load_best_model_at_end``). Read files through
+        ``treadle.checkpoint.checkpoint_file(checkpoint_dir, manifest, name)``, which refuses a
+        file the (verified) manifest does not list."""
+        from treadle.checkpoint import read_full_state
+
+        read_full_state(self, checkpoint_dir, model, optimizer, manifest)
+
     def teardown(self) -> None:
         """End the process group and release the backend."""
         self.backend.teardown()
@@ -233,50 +440,106 @@ class Reporter:
     """A metrics sink (console, jsonl, tensorboard, wandb, ...).
 
     A selected reporter is registered with the run's hook caller, so it receives lifecycle
-    hooks like any plugin. Subclasses implement ``setup`` / ``log`` / ``finish``; the hook
-    implementations below call them on the main process only, so a reporter needs no rank
-    logic of its own. Override a ``treadle_on_*`` method to see more events.
+    hooks like any plugin. Subclasses implement ``setup`` / ``log`` / ``finish`` (and ``fail``);
+    the hook implementations below call them on the main process only, so a reporter needs no
+    rank logic of its own. Override a ``treadle_on_*`` method to see more events.
+
+    One run, opened once and closed once: ``setup`` at train begin (or at the first log outside
+    training), ``finish`` at ``treadle_on_run_end`` -- after the final evaluation of ``treadle
+    train``, which comes after ``train_end`` -- or ``fail`` at ``treadle_on_exception``.
+
+    Failures: ``setup`` may raise (a clear ``UsageError`` for an unreachable server stops the run
+    at its start); an exception from ``log`` during the run is one warning, training goes on and
+    later logs are still attempted. ``state_dict`` / ``load_state_dict`` keep what a resume needs
+    (a run id, so the resumed training continues the same remote run) in the checkpoint.
     """
 
     name: str = ""
+    """The name users select the reporter by (``--report_to``), shown in its warnings."""
     main_process_only: bool = True
 
     def __init__(self, args: TrainingArguments) -> None:
         self.args = args
         self._active = False
+        self._log_failed = False
 
     def setup(self, args: TrainingArguments, state: Any, model: Any) -> None:
-        """Open files / runs. Called once at train begin (or at first log outside training)."""
+        """Open files / runs. Called once per run, at train begin (or at first log outside training)."""
 
     def log(self, logs: dict[str, float], step: int) -> None:
         """Write one set of metrics."""
 
     def finish(self) -> None:
-        """Flush and close; must tolerate being called twice."""
+        """Flush and close at the end of the run; must tolerate being called twice."""
+
+    def fail(self, exception: BaseException) -> None:
+        """Close a run that failed with ``exception`` (mark it failed where the service can); default ``finish``."""
+        self.finish()
+
+    def state_dict(self) -> Optional[dict[str, Any]]:
+        """What a resume needs (JSON-able), stored in the checkpoint; None stores nothing."""
+        return None
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Take back what ``state_dict`` returned; called on resume, before ``setup``."""
 
     def _should_report(self, state: Any) -> bool:
         return not self.main_process_only or state.is_world_process_zero
 
+    def _open(self, args: TrainingArguments, state: Any, trainer: Any) -> None:
+        self.setup(args, state, getattr(trainer, "model", None))
+        self._active = True
+
     @hookimpl
     def treadle_on_train_begin(self, trainer: Any, args: TrainingArguments, state: Any) -> None:
         if self._should_report(state) and not self._active:
-            self.setup(args, state, getattr(trainer, "model", None))
-            self._active = True
+            self._open(args, state, trainer)
 
     @hookimpl
     def treadle_on_log(self, trainer: Any, args: TrainingArguments, state: Any, logs: dict[str, float]) -> None:
         if not self._should_report(state):
             return
         if not self._active:
-            self.setup(args, state, getattr(trainer, "model", None))
-            self._active = True
-        self.log(logs, state.global_step)
+            self._open(args, state, trainer)
+        try:
+            self.log(logs, state.global_step)
+        except Exception as exc:  # a reporter never stops the training it reports on
+            self._warn_log_failure(exc)
+
+    def _warn_log_failure(self, exc: BaseException) -> None:
+        import logging
+
+        log = logging.getLogger("treadle")
+        if self._log_failed:
+            log.debug("reporter %s: logging failed again: %s", self.name, exc)
+            return
+        self._log_failed = True
+        log.warning(
+            "reporter %s: logging failed (%s: %s); training goes on, what was written so far is kept "
+            "(further failures of this reporter are not shown)", self.name, type(exc).__name__, exc,
+        )
 
     @hookimpl
-    def treadle_on_train_end(self, state: Any) -> None:
+    def treadle_on_run_end(self) -> None:
         if self._active:
-            self.finish()
             self._active = False
+            self.finish()
+
+    @hookimpl
+    def treadle_on_exception(self, exception: BaseException) -> None:
+        if self._active:
+            self._active = False
+            self.fail(exception)
+
+    @hookimpl
+    def treadle_checkpoint_state(self) -> Optional[dict[str, Any]]:
+        return self.state_dict()
+
+    @hookimpl
+    def treadle_load_checkpoint_state(self, trainer: Any, states: Any) -> None:
+        saved = states.get(trainer.run_hooks.name_of(self))  # keyed by the name the run registered it under
+        if saved is not None:
+            self.load_state_dict(saved)
 
 
 class HubSync(ABC):

@@ -1,5 +1,7 @@
 """Integrity of a checkpoint directory: a manifest of every file's size and sha256.
 
+Entries are paths relative to the checkpoint directory (``/``-separated), so a strategy's own
+subdirectories (sharded state written with torch.distributed.checkpoint) are covered too.
 The manifest is the last file a save writes (after every other file is fsynced), so its presence
 means the save finished, and its checksums catch a file that was truncated, altered or deleted
 since. ``verify_checkpoint`` is what every load goes through.
@@ -29,9 +31,14 @@ def write_manifest(directory: Path, **facts: Any) -> None:
 
     ``facts`` (step, kind, world size, ...) are recorded next to the file list.
     """
-    paths = sorted(p for p in directory.iterdir() if p.is_file())
+    paths = sorted(p for p in directory.rglob("*") if p.is_file() and p.name != MANIFEST_NAME)
     digests = _map_files(lambda path: _sha256(path, fsync=True), paths)
-    files = {path.name: {"size": path.stat().st_size, "sha256": digest} for path, digest in zip(paths, digests)}
+    files = {
+        path.relative_to(directory).as_posix(): {"size": path.stat().st_size, "sha256": digest}
+        for path, digest in zip(paths, digests)
+    }
+    for sub in sorted({p.parent for p in paths if p.parent != directory}, reverse=True):
+        fsync_path(sub)  # a strategy's own subdirectories (sharded state) are durable too
     manifest = {"format": MANIFEST_FORMAT, "version": MANIFEST_VERSION, "treadle_version": __version__, **facts, "files": files}
     write_bytes_durably(directory / MANIFEST_NAME, dump_json(manifest))
     fsync_path(directory)
@@ -65,7 +72,8 @@ def verify_files(path: Union[str, os.PathLike], names: list[str]) -> dict[str, A
         raise CheckpointError(f"{directory}: no such checkpoint directory")
     manifest = _read_manifest(directory)
     for name in names:
-        _check_file(directory, name, manifest["files"][manifest_file(directory, manifest, name).name])
+        manifest_file(directory, manifest, name)  # listed, or a CheckpointError naming it
+        _check_file(directory, name, manifest["files"][name])
     return manifest
 
 
@@ -83,13 +91,20 @@ def _read_manifest(directory: Path) -> dict[str, Any]:
         if manifest.get("format") != MANIFEST_FORMAT or not isinstance(files, dict):
             raise ValueError("not a treadle checkpoint manifest")
         for name, entry in files.items():
-            if "/" in name or "\\" in name or name in ("", ".", "..") or not {"size", "sha256"} <= set(entry):
+            if not _safe_relative(name) or not {"size", "sha256"} <= set(entry):
                 raise ValueError(f"bad file entry {name!r}")
     except (ValueError, KeyError, TypeError, AttributeError) as exc:
         raise CheckpointError(
             f"{path} is unreadable or damaged ({exc}); this checkpoint cannot be trusted, resume from another one"
         ) from None
     return manifest
+
+
+def _safe_relative(name: Any) -> bool:
+    """A manifest entry names a file inside the checkpoint: relative, ``/``-separated, no ``..``."""
+    if not isinstance(name, str) or not name or "\\" in name or name.startswith("/"):
+        return False
+    return all(part not in ("", ".", "..") for part in name.split("/"))
 
 
 def _check_file(directory: Path, name: str, entry: Mapping[str, Any]) -> None:

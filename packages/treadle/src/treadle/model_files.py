@@ -53,11 +53,14 @@ def read_weights(path: Path) -> dict[str, torch.Tensor]:
 def write_model_files(directory: Path, model: Any, state_dict: Mapping[str, Any], args: Any) -> list[str]:
     """Write weights, the model's config (when it has one) and ``training_args.json``.
 
-    ``model`` is the unwrapped user model; ``state_dict`` its full weights. Returns the file
+    ``model`` is the unwrapped user model; ``state_dict`` its full weights (None: no weights
+    file, the strategy's ``save_checkpoint`` writes them). Returns the file
     names written; making them durable (fsync) is the caller's business.
     """
-    write_weights(directory / WEIGHTS_NAME, state_dict)
-    written = [WEIGHTS_NAME]
+    written = []
+    if state_dict is not None:  # None: the strategy writes the weights itself (a checkpoint)
+        write_weights(directory / WEIGHTS_NAME, state_dict)
+        written.append(WEIGHTS_NAME)
     for name, text in _config_texts(model).items():
         (directory / name).write_text(text, encoding="utf-8")
         written.append(name)

@@ -17,6 +17,7 @@ from treadle.components import TaskParts
 from treadle.errors import DEBUG_HINT, TreadleError, UsageError
 from treadle.output_dir import prepare_output_dir
 from treadle.plugins import get_plugin_manager
+from treadle.selection import prepare_components
 
 COMMANDS = ("train", "evaluate", "predict")
 
@@ -88,9 +89,12 @@ def run_command(command: str, args: Any) -> int:
     if command not in COMMANDS:
         raise UsageError(f"unknown command {command!r}; expected one of {', '.join(COMMANDS)}")
     prepare_output_dir(args.output_dir)  # before the task is built: a bad path is found in a second
-    parts = build_task(args)
+    components = prepare_components(args)
+    with components.strategy.model_init_context():  # e.g. meta-device init for a sharding strategy
+        parts = build_task(args)
     trainer = make_trainer(args, parts)
-    summary = {"train": _train, "evaluate": _evaluate, "predict": _predict}[command](trainer, args, parts)
+    with trainer:  # one run: reporters finish after the final metrics (or are marked failed); teardown always runs
+        summary = {"train": _train, "evaluate": _evaluate, "predict": _predict}[command](trainer, args, parts)
     if trainer.is_world_process_zero():
         print(summary)
     return 0

@@ -20,10 +20,10 @@ logger = logging.getLogger("treadle.checkpoint")
 
 
 def collect(trainer: Any) -> dict[str, Any]:
-    """Everything besides the weights that an exact resume needs, gathered on every process."""
+    """Everything besides the weights and the optimizer (the strategy's ``save_checkpoint``
+    writes those) that an exact resume needs, gathered on every process."""
     hooks = getattr(trainer, "run_hooks", None)
     return {
-        "optimizer": None if trainer.optimizer is None else trainer.strategy.optimizer_state_dict(trainer.optimizer),
         "scheduler": None if getattr(trainer, "lr_scheduler", None) is None else trainer.lr_scheduler.state_dict(),
         "precision": trainer.precision.state_dict() if getattr(trainer, "precision", None) is not None else {},
         "plugin_states": _plugin_states(trainer, hooks) if hooks is not None else {},

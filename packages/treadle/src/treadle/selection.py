@@ -8,11 +8,12 @@ are resolved like any plugin's (the builtins included), checked against each oth
 
 from __future__ import annotations
 
+import weakref
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Optional
 
 from treadle.components import Backend, Precision, Strategy
-from treadle.errors import UsageError
+from treadle.errors import PluginError, UsageError
 from treadle.flow import option_value
 from treadle.plugins import ComponentSpec, TreadlePluginManager, get_plugin_manager
 
@@ -22,6 +23,32 @@ class RunComponents:
     precision: Precision
     strategy: Strategy
     specs: dict[str, ComponentSpec]
+    eval_precision: Optional[Precision] = None
+    """The precision evaluation runs in when it differs from training's (``--*_full_eval``)."""
+
+
+FULL_EVAL_PRECISIONS: tuple[tuple[str, str], ...] = (("fp16_full_eval", "fp16-true"), ("bf16_full_eval", "bf16-true"))
+"""The seeds' full-evaluation flags and the precision each one evaluates in (weights converted)."""
+
+
+def eval_precision_name(args: Any) -> Optional[tuple[str, str]]:
+    """``(flag, precision name)`` of the full-evaluation flag that is set, or None."""
+    for flag, name in FULL_EVAL_PRECISIONS:
+        if getattr(args, flag, False):
+            return flag, name
+    return None
+
+
+def resolve_eval_precision(args: Any, pm: TreadlePluginManager) -> Optional[ComponentSpec]:
+    """The spec of the eval precision; a missing one is an error that names the flag."""
+    chosen = eval_precision_name(args)
+    if chosen is None:
+        return None
+    flag, name = chosen
+    try:
+        return pm.resolve("precision", name, args)
+    except PluginError as exc:
+        raise PluginError(f"--{flag} evaluates in precision '{name}':\n{exc}") from None
 
 
 def resolve_component_specs(args: Any, pm: TreadlePluginManager) -> dict[str, ComponentSpec]:
@@ -33,6 +60,18 @@ def resolve_component_specs(args: Any, pm: TreadlePluginManager) -> dict[str, Co
         "precision": pm.resolve("precision", option_value(args.precision), args),
         "strategy": pm.resolve("strategy", option_value(args.strategy), args),
     }
+
+
+def selected_backend(args: Any) -> Backend:
+    """The backend ``args`` selects, instantiated (``--backend auto`` resolved as for a run).
+
+    ``TrainingArguments.device`` and ``n_gpu`` read it, so they name the device a Trainer built
+    from the same arguments trains on, whatever backend plugin provides it.
+    """
+    pm = get_plugin_manager()
+    name = option_value(args.backend) or "auto"
+    spec = pm.resolve("backend", pm.select_default("backend", args) if name == "auto" else name, args)
+    return spec.load()(args, **spec.init)
 
 
 def _names(spec: ComponentSpec) -> set[str]:
@@ -54,8 +93,33 @@ def compatibility_problems(specs: dict[str, ComponentSpec]) -> list[str]:
     return problems
 
 
+_prepared: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def prepare_components(args: Any, pm: TreadlePluginManager | None = None) -> RunComponents:
+    """Build the run's components before its model exists, for the next Trainer of ``args``.
+
+    ``treadle train`` builds the task's model inside ``strategy.model_init_context()`` (meta
+    device init for sharding), so it needs the strategy before the Trainer; the Trainer built
+    next with the same arguments object takes these components instead of making new ones.
+    """
+    components = build_components(args, pm)
+    try:
+        _prepared[args] = components
+    except TypeError:  # an arguments object that cannot be weakly referenced: nothing to hand over
+        pass
+    return components
+
+
 def build_components(args: Any, pm: TreadlePluginManager | None = None) -> RunComponents:
-    """Resolve, check and instantiate the backend, the precision and the strategy of a run."""
+    """Resolve, check and instantiate the backend, the precision and the strategy of a run
+    (or take the ones ``prepare_components`` made for these arguments)."""
+    try:
+        prepared = _prepared.pop(args, None)
+    except TypeError:
+        prepared = None
+    if prepared is not None:
+        return prepared
     pm = pm or get_plugin_manager()
     specs = resolve_component_specs(args, pm)
     problems = compatibility_problems(specs)
@@ -64,7 +128,9 @@ def build_components(args: Any, pm: TreadlePluginManager | None = None) -> RunCo
     backend = specs["backend"].load()(args, **specs["backend"].init)
     precision = specs["precision"].load()(args, **specs["precision"].init)
     strategy = specs["strategy"].load()(args, backend, precision, **specs["strategy"].init)
-    return RunComponents(backend, precision, strategy, specs)
+    eval_spec = resolve_eval_precision(args, pm)
+    eval_precision = eval_spec.load()(args, **eval_spec.init) if eval_spec is not None else None
+    return RunComponents(backend, precision, strategy, specs, eval_precision)
 
 
 def reporter_names(args: Any, pm: TreadlePluginManager) -> list[str]:

@@ -31,10 +31,10 @@ from typing import Any, Callable, Iterator, Optional, Sequence, Union
 import torch
 from torch import nn
 
-from treadle import checkpoint
+from treadle import checkpoint, lifecycle
 from treadle.batch_size_search import StartingPoint, recorded_batch_size
 from treadle.callbacks import as_hook_plugin, has_hookimpls, plugin_name
-from treadle.components import NoSyncCapable, Precision, Strategy, scheduler_needs_metric
+from treadle.components import Backend, NoSyncCapable, Precision, Strategy, scheduler_needs_metric
 from treadle.config import check_arguments
 from treadle.data import (
     EvalBatchSampler,
@@ -61,7 +61,6 @@ from treadle.model_io import (
     label_smoothed_loss,
     loss_from_outputs,
     main_input_name,
-    move_to_device,
     neftune_hook,
     split_outputs,
     unwrap_compiled,
@@ -135,8 +134,13 @@ class Trainer:
 
         components = build_components(args)
         self.backend, self.precision, self.strategy = components.backend, components.precision, components.strategy
+        self.eval_precision = components.eval_precision
+        """The precision of ``--fp16_full_eval`` / ``--bf16_full_eval``, or None (evaluate as trained)."""
         self.component_specs = components.specs
         self.strategy.setup_environment()
+        for precision in (self.precision, self.eval_precision):
+            if precision is not None:  # device checks and device-bound state (a loss scaler) need the device
+                precision.setup(self.strategy.root_device or torch.device("cpu"))
 
         self.model_init = model_init
         if model is None:
@@ -150,7 +154,10 @@ class Trainer:
             )
         self.model = model
         self.model_wrapped = model
+        self._strategy_module: nn.Module = model
         self._wrapped_for: Optional[nn.Module] = None
+        self._converted_for: Optional[nn.Module] = None
+        self._full_eval_for: Optional[nn.Module] = None
         self._adopt_model(model)
 
         self.processing_class = processing_class
@@ -196,7 +203,7 @@ class Trainer:
 
     def _set_device(self, device: Optional[torch.device]) -> None:
         self._device = device or torch.device("cpu")
-        self._inputs_to_device = self._device.type != "cpu"
+        self._inputs_to_device = self.backend.places_batches
 
     def _register_run_plugins(self, callbacks: list) -> None:
         """Flow plugin first (and ``tryfirst``), then the selected components, reporters and hub, then the user's callbacks.
@@ -232,6 +239,7 @@ class Trainer:
         prepare_output_dir(self.args.output_dir)  # a bad --output_dir fails now, not at the first save
         self.is_in_train = True
         try:
+            lifecycle.ensure_environment(self)  # a previous run's end tore the strategy down
             if self.model_init is not None:
                 seed_from_args(self.args)
                 self._replace_model(self.call_model_init(trial))
@@ -242,6 +250,9 @@ class Trainer:
             if self.args.auto_find_batch_size:
                 return self._with_batch_size_search(run, resume_from_checkpoint)
             return run(batch_size=self._train_batch_size)
+        except BaseException as exc:  # KeyboardInterrupt too: reporters mark the run failed, teardown runs
+            lifecycle.fail_run(self, exc)
+            raise
         finally:
             self.is_in_train = False
             self._remove_neftune()
@@ -252,6 +263,7 @@ class Trainer:
         self._train_batch_size = batch_size
         plan = self._prepare_training(resume_from_checkpoint, trial)
         self._event("train_begin")
+        lifecycle.open_run(self)
         if self.args.eval_on_start:
             self._evaluate_during_training(ignore_keys_for_eval, step_plateau_scheduler=False)
         for epoch in range(plan.first_epoch, plan.num_epochs):
@@ -275,9 +287,7 @@ class Trainer:
         config = getattr(self.model, "config", None)
         if config is not None and hasattr(config, "use_cache"):
             config.use_cache = bool(args.use_cache)  # a key/value cache only costs memory while training
-        model = self._setup_model()
-        self.create_optimizer_and_scheduler(num_training_steps=plan.max_steps)
-        self.optimizer = self.strategy.setup_optimizer(self.optimizer)
+        model = self._setup_for_training(plan.max_steps)
         self._configure_step()
 
         if resume_from_checkpoint not in (None, False):
@@ -293,6 +303,27 @@ class Trainer:
         if args.neftune_noise_alpha:
             self._neftune_handle = self._activate_neftune(args.neftune_noise_alpha)
         return plan
+
+    def _setup_for_training(self, num_training_steps: int) -> nn.Module:
+        """Model, optimizer and scheduler through the strategy, in the order it asks for.
+
+        ``wraps_model_first`` strategies wrap (or shard) the model before the optimizer is built
+        on its parameters; the others get the plain model with the optimizer. Either way one
+        ``Strategy.setup`` call sees all three (see ``treadle.components.Strategy``).
+        """
+        strategy = self.strategy
+        self._convert_model()
+        model = self._setup_model(compiled=False) if strategy.wraps_model_first else self.model
+        if self.optimizer is None and strategy.creates_optimizer():
+            optimizer, scheduler = None, self.lr_scheduler
+            if scheduler is None and not strategy.creates_scheduler():
+                scheduler = functools.partial(self.create_scheduler, num_training_steps)  # called with the optimizer
+        else:
+            self.create_optimizer_and_scheduler(num_training_steps=num_training_steps)
+            optimizer, scheduler = self.optimizer, self.lr_scheduler
+        wrapped, self.optimizer, self.lr_scheduler = strategy.setup(model, optimizer, scheduler)
+        self._adopt_wrapped(wrapped)
+        return self.model_wrapped
 
     def _plan_training(self, dataloader: Any) -> TrainingPlan:
         """Steps per epoch, total steps and epochs, from the data and ``num_train_epochs`` / ``max_steps``."""
@@ -343,7 +374,13 @@ class Trainer:
         if self._fused_backward is not None:
             self._max_grad_norm = None  # the optimizer clips inside fused_backward; no gradient is left after it
         self._no_sync = self.strategy.no_backward_sync if accumulating and isinstance(self.strategy, NoSyncCapable) else None
-        self._scheduler_per_step = self.lr_scheduler is not None and not scheduler_needs_metric(self.lr_scheduler)
+        self._scheduler_per_step = (
+            self.lr_scheduler is not None and not scheduler_needs_metric(self.lr_scheduler) and not self.strategy.steps_scheduler
+        )
+        self._step_lr: Optional[float] = None  # the rate the last optimizer step used (the scheduler has moved on)
+        self._norm_after_step = bool(self.strategy.clips_gradients)
+        if self._norm_after_step:
+            self._max_grad_norm = None  # the strategy clips inside its own step and reports the norm
         self._nan_policy = option_value(getattr(args, "nan_inf_policy", "warn")) or "warn"
         self._precision_scales_loss = bool(self.precision.scales_loss)
         # Where neither the strategy nor its precision changes a step operation, the loop makes the
@@ -356,6 +393,9 @@ class Trainer:
         self._torch_clip = not (strategy_own("clip_grad_norm") or precision_own("unscale_gradients"))
         self._torch_step = not (strategy_own("optimizer_step") or precision_own("optimizer_step"))
         self._torch_zero_grad = not strategy_own("zero_grad")
+        backend_own = functools.partial(_overrides, self.backend, base=Backend)
+        self._step_end = self.backend.step_end if backend_own("step_end") else None
+        self._process_loader = self.backend.process_dataloader if backend_own("process_dataloader") else None
         self._skipped_in_window = 0
         self._skipped_total = 0
         self._empty_cache_every = args.torch_empty_cache_steps or 0
@@ -433,6 +473,9 @@ class Trainer:
         step = self.state.global_step
         if step == 0:
             return 0, 0
+        if step >= plan.max_steps:  # a finished run: no epoch is left, not even part of one
+            logger.info("the checkpoint is at step %d of %d: there is nothing left to train", step, plan.max_steps)
+            return plan.num_epochs, 0
         accumulation = self.args.gradient_accumulation_steps
         if plan.steps_per_epoch is None:
             return 0, 0 if self.args.ignore_data_skip else step * accumulation
@@ -447,13 +490,21 @@ class Trainer:
         state, control = self.state, self.control
         accumulation = self.args.gradient_accumulation_steps
         batches = epoch_iterator(plan.dataloader, epoch, skip_batches)
+        if self._process_loader is not None:
+            batches = self._process_loader(batches)
         control._new_epoch()
-        self._event("epoch_begin")
         step_in_epoch = skip_batches // accumulation
+        if plan.steps_per_epoch:  # where this epoch starts: 0.0 for the first, the resume point after a resume
+            state.epoch = epoch + step_in_epoch / plan.steps_per_epoch
+        elif state.epoch is None:
+            state.epoch = float(epoch)
+        self._event("epoch_begin")
         steps_done = 0
         for micro_batches in _groups_of(batches, accumulation):
             self._event("step_begin")
             self._run_optimizer_step(micro_batches)
+            if self._step_end is not None:
+                self._step_end()
             step_in_epoch += 1
             steps_done += 1
             state.global_step += 1
@@ -511,9 +562,16 @@ class Trainer:
             stepped = True
         else:
             stepped = self._fused_backward is not None or self.strategy.optimizer_step(self.optimizer, model)
+            if not stepped:  # the precision skipped it (a loss scaler's overflow): counted like a dropped step
+                self._skipped_in_window += 1
+                self._skipped_total += 1
+        if self._norm_after_step:
+            self._grad_norm = self.strategy.grad_norm(model)
         self._event("optimizer_step")
-        if stepped and self._scheduler_per_step:
-            self.lr_scheduler.step()
+        if self._scheduler_per_step:
+            self._step_lr = self.optimizer.param_groups[0]["lr"]  # the rate this step used, for the log
+            if stepped:
+                self.lr_scheduler.step()
         if self._torch_zero_grad:
             self.optimizer.zero_grad(set_to_none=True)
         else:
@@ -537,8 +595,7 @@ class Trainer:
         return bool(torch.isfinite(torch.cat(values)).all())
 
     def _gradient_norm(self) -> Optional[torch.Tensor]:
-        grads = [p.grad for p in self.model.parameters() if p.grad is not None]
-        return torch.nn.utils.get_total_norm(grads) if grads else None
+        return self.strategy.grad_norm(self.model_wrapped)  # global: a sharded model's local norm would mislead
 
     def _drop_non_finite_step(self, step_loss: torch.Tensor) -> None:
         step = self.state.global_step + 1
@@ -554,7 +611,9 @@ class Trainer:
                 "--nan_inf_policy skip_step to drop such steps."
             )
         logger.warning("step %d: non-finite loss (%s) or gradient; the optimizer step is skipped (--nan_inf_policy skip_step)", step, loss)
+        self.precision.skip_step(self.optimizer)  # a loss scaler lowers its scale for it, as for an overflow
         self.strategy.zero_grad(self.optimizer)
+        self._step_lr = None  # the rate did not move: the current one is what this step would have used
         self._skipped_in_window += 1
         self._skipped_total += 1
 
@@ -582,7 +641,7 @@ class Trainer:
         logs: dict[str, float] = {"loss": reading.loss}
         if self._grad_norm is not None:
             logs["grad_norm"] = float(self._grad_norm)
-        logs["learning_rate"] = self._current_learning_rate()
+        logs["learning_rate"] = float(self._step_lr) if self._step_lr is not None else self._current_learning_rate()
         if reading.non_finite:
             logs["non_finite_losses"] = reading.non_finite
             self._warn_non_finite(f"{reading.non_finite} micro-batch loss(es) in the last {steps} step(s) were NaN or Inf")
@@ -591,6 +650,7 @@ class Trainer:
         if self._skipped_in_window:
             logs["skipped_steps"] = self._skipped_in_window
             self._skipped_in_window = 0
+        logs.update(self.precision.log_values())  # e.g. the loss scale
         self._loss_window.logged_step = self.state.global_step
         self.log(logs)
 
@@ -746,16 +806,20 @@ class Trainer:
         args = self.args
         loss_only = args.prediction_loss_only if prediction_loss_only is None else prediction_loss_only
         model = self._setup_model()
+        self._convert_for_full_eval()
         model.eval()
         self._switch_optimizer_mode("eval")
         self.eval_dataloader = dataloader
         include = set(args.include_for_metrics or [])
         per_batch_metrics = bool(args.batch_eval_metrics) and self.compute_metrics is not None
-        collected = PredictionCollector(args.eval_accumulation_steps, args.eval_do_concat_batches, keep=not per_batch_metrics)
+        # batch_eval_metrics keeps nothing while evaluating; predict() still returns what it predicted
+        keep = not per_batch_metrics or description == "Prediction"
+        collected = PredictionCollector(args.eval_accumulation_steps, args.eval_do_concat_batches, keep=keep)
         num_batches = len(dataloader) if has_length(dataloader) else None
         metrics: Optional[dict[str, Any]] = None
         observed = 0
-        for step, batch in enumerate(dataloader):
+        batches = dataloader if self._process_loader is None else self._process_loader(dataloader)
+        for step, batch in enumerate(batches):
             batch = self._prepare_inputs(batch)
             batch_size = _batch_size(batch)
             loss, logits, labels = self.prediction_step(model, batch, loss_only, ignore_keys=ignore_keys)
@@ -770,6 +834,8 @@ class Trainer:
                 batch_losses = losses if "loss" in include else None
                 metrics = self.compute_metrics(EvalPrediction(logits, labels, inputs, batch_losses), compute_result=is_last)
             observed += batch_size
+            if self._step_end is not None:
+                self._step_end()
             self._event("prediction_step", num_batches=num_batches)
 
         dataset = getattr(dataloader, "dataset", None)
@@ -804,7 +870,7 @@ class Trainer:
         if has_labels:
             labels = tuple(inputs[name] for name in self.label_names)
             labels = labels[0] if len(labels) == 1 else labels
-        with torch.no_grad(), self.precision.eval_context():
+        with torch.no_grad(), (self.eval_precision or self.precision).eval_context():
             if has_labels:
                 loss, outputs = self._compute_eval_loss(model, inputs)
                 loss = loss.detach().mean()
@@ -888,11 +954,11 @@ class Trainer:
         if not isinstance(inputs, dict):
             inputs = self._input_mapper(inputs)
         if self._inputs_to_device:
-            inputs = move_to_device(inputs, self._device, non_blocking=self._pin_memory())
+            inputs = self.backend.move_batch(inputs, self._device)
         return inputs
 
     def _pin_memory(self) -> bool:
-        return bool(self.args.dataloader_pin_memory) and self._device.type != "cpu"
+        return bool(self.args.dataloader_pin_memory) and self.backend.pin_memory()
 
     def _data_seed(self) -> int:
         return self.args.data_seed if self.args.data_seed is not None else self.args.seed
@@ -959,18 +1025,51 @@ class Trainer:
 
     # -- model setup -----------------------------------------------------------------------------
 
-    def _setup_model(self) -> nn.Module:
-        """Let the strategy move and wrap the model (once per model), then compile if asked."""
+    def _setup_model(self, compiled: bool = True) -> nn.Module:
+        """Let the strategy move and wrap the model (once per model), then compile if asked.
+
+        ``compiled=False`` returns the strategy's module itself (what ``Strategy.setup`` gets).
+        """
         if self._wrapped_for is not self.model:
-            wrapped = self.strategy.setup_model(self.model)
-            if self.args.torch_compile:
-                wrapped = torch.compile(
-                    wrapped, backend=self.args.torch_compile_backend or "inductor", mode=self.args.torch_compile_mode
-                )
-            self.model_wrapped = wrapped
-            self._wrapped_for = self.model
-            self._set_device(self.strategy.root_device)
-        return self.model_wrapped
+            self._convert_model()
+            self._adopt_wrapped(self.strategy.setup_model(self.model))
+        return self.model_wrapped if compiled else self._strategy_module
+
+    def _adopt_wrapped(self, module: nn.Module) -> None:
+        """Make ``module`` (from the strategy) the one the loop calls, compiled if asked (once)."""
+        if self._wrapped_for is self.model and module is self._strategy_module:
+            return  # setup kept the module setup_model made: it is compiled already
+        self._strategy_module = module
+        self.model_wrapped = self.strategy.compile_model(module) if self.args.torch_compile else module
+        self._wrapped_for = self.model
+        self._set_device(self.strategy.root_device)
+
+    def _convert_model(self) -> None:
+        """The precision's ``convert_module``, once per model, before any strategy wraps it.
+
+        Called by the loop itself (a strategy need not remember to), early enough that an optimizer
+        built afterwards, in either setup order, sees the converted parameters.
+        """
+        if self._converted_for is not self.model:
+            self.model = self.precision.convert_module(self.model)
+            self._converted_for = self.model
+
+    def _convert_for_full_eval(self) -> None:
+        """``--fp16_full_eval`` / ``--bf16_full_eval`` outside training: the weights themselves go to half.
+
+        As in transformers, an evaluation outside ``train()`` converts the model in place (once) and
+        leaves it converted: that is the memory saving. Evaluations during training only run in the
+        eval precision's context, so the weights being trained keep the training precision.
+        """
+        if self.eval_precision is None or self.is_in_train or self._full_eval_for is self.model:
+            return
+        if self.eval_precision.convert_module(self.model) is not self.model:
+            raise UsageError(
+                f"precision {self.eval_precision.name!r} cannot serve --fp16_full_eval / --bf16_full_eval: "
+                "its convert_module returns a new module, and an eval precision must convert the model in place"
+            )
+        self._full_eval_for = self.model
+        logger.info("evaluating with the weights in precision %s (full evaluation); the model stays converted", self.eval_precision.name)
 
     def _replace_model(self, model: nn.Module) -> None:
         self.model = self.model_wrapped = model
@@ -1009,7 +1108,8 @@ class Trainer:
     def call_model_init(self, trial: Any = None) -> nn.Module:
         """Build a fresh model with ``model_init`` (which may take the trial as its only argument)."""
         takes_trial = len(inspect.signature(self.model_init).parameters) == 1
-        model = self.model_init(trial) if takes_trial else self.model_init()
+        with self.strategy.model_init_context():  # e.g. meta-device parameters for a sharding strategy
+            model = self.model_init(trial) if takes_trial else self.model_init()
         if model is None:
             raise UsageError("model_init returned None; it must return the model")
         return model
@@ -1183,6 +1283,31 @@ class Trainer:
         if caller is not None:
             caller(self, self.args, self.state, self.control, extra)
 
+    # -- the end of a run (see treadle.lifecycle) -----------------------------------------------
+
+    _run_open = False
+    _torn_down = False
+    _failed_with: Optional[BaseException] = None
+
+    def end_run(self) -> None:
+        """End the run after its last metrics: reporters finish (``run_end``), the strategy tears down.
+
+        ``treadle train`` calls it after the final save and evaluation. From Python, call it once
+        the last metrics are logged, or use ``with Trainer(...) as trainer:``; a run still open
+        at interpreter exit is ended then. Calling it again does nothing; a later ``train()``
+        starts a new run.
+        """
+        lifecycle.end_run(self)
+
+    def __enter__(self) -> "Trainer":
+        return self
+
+    def __exit__(self, exc_type: Any, exc: Optional[BaseException], traceback: Any) -> None:
+        if exc is None:
+            self.end_run()
+        else:
+            lifecycle.fail_run(self, exc)
+
     # =========================================================================================
     # Processes, logging and saving
     # =========================================================================================
@@ -1203,6 +1328,8 @@ class Trainer:
             logs.update(speed_metrics("train", start_time))
         self.state.log_history.append({**logs, "step": self.state.global_step})
         self._event("log", logs=logs)
+        if not self._run_open:
+            lifecycle.open_run(self)  # metrics outside training (evaluate, predict) make a run too
 
     def log_metrics(self, split: str, metrics: dict[str, Any]) -> None:
         """Print ``metrics`` as an aligned table (main process only)."""
