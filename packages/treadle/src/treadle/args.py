@@ -582,19 +582,25 @@ class TrainingArguments:
         """Whether this process writes checkpoints (main process, or each node's with save_on_each_node)."""
         return (self.local_process_index if self.save_on_each_node else self.process_index) == 0
 
+    def _selected_backend(self) -> Any:
+        """The backend these arguments select (kept per ``backend`` value; imports torch)."""
+        cached = self.__dict__.get("_backend_choice")
+        if cached is None or cached[0] != (self.backend, self.use_cpu):
+            from treadle.selection import selected_backend
+
+            cached = ((self.backend, self.use_cpu), selected_backend(self))
+            self.__dict__["_backend_choice"] = cached
+        return cached[1]
+
     @property
     def n_gpu(self) -> int:
-        """CUDA devices driven by this process: 0 or 1, unless a backend plugin sets it.
+        """GPUs driven by this process, as the selected backend says (cuda, mps: 1; cpu, xla: 0).
 
-        treadle runs one device per process, so this is never more than 1 by itself.
+        treadle runs one device per process, so this is never more than 1 unless set by hand.
         """
         if "_n_gpu" in self.__dict__:
             return self.__dict__["_n_gpu"]
-        if self.backend not in ("auto", "cuda") or self.use_cpu:
-            return 0
-        import torch  # only when asked, never at import time
-
-        return min(torch.cuda.device_count(), 1)
+        return int(self._selected_backend().n_gpu)
 
     @n_gpu.setter
     def n_gpu(self, value: int) -> None:
@@ -602,24 +608,13 @@ class TrainingArguments:
 
     @property
     def device(self):
-        """The torch.device for this process; backend plugins may set it explicitly."""
+        """The torch.device of this process: the one the selected backend gives ``LOCAL_RANK``.
+
+        A plugin or a user may set it explicitly.
+        """
         if "_device" in self.__dict__:
             return self.__dict__["_device"]
-        import torch
-
-        backend = self.backend
-        if backend == "auto":
-            if torch.cuda.is_available():
-                backend = "cuda"
-            elif getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
-                backend = "mps"
-            else:
-                backend = "cpu"
-        if backend == "cuda":
-            return torch.device("cuda", self.local_process_index if self.world_size > 1 else 0)
-        if backend in ("cpu", "mps"):
-            return torch.device(backend)
-        raise RuntimeError(f"backend {self.backend!r} provides its device through its plugin")
+        return self._selected_backend().setup_device(self.local_process_index)
 
     @device.setter
     def device(self, value) -> None:
@@ -627,9 +622,10 @@ class TrainingArguments:
 
     @property
     def parallel_mode(self) -> str:
-        """'tpu', 'distributed', 'not_distributed' (several GPUs, one process) or 'not_parallel'."""
-        if self.backend == "xla":
-            return "tpu"
+        """'tpu' (a backend with its own replicas: XLA), 'distributed', 'not_distributed' or 'not_parallel'."""
+        own = getattr(self._selected_backend(), "parallel_mode", None)
+        if own:
+            return own
         if self.world_size > 1:
             return "distributed"
         if self.__dict__.get("_n_gpu", 0) > 1:

@@ -2,7 +2,8 @@
 
 The CPU has no device-side state to manage: work is synchronous, there is no cache to empty,
 and its random generator is the default torch generator, which the core checkpoints itself.
-So every optional ``Backend`` method keeps its no-op default.
+So every optional ``Backend`` method keeps its no-op default, and batches need no move: a
+host tensor already lives where the model is (``places_batches = False``).
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ class CpuBackend(Backend):
     """Train on the host CPU (the fallback that ``--backend auto`` always finds)."""
 
     name = "cpu"
+    places_batches = False
 
     @classmethod
     def is_available(cls) -> bool:
