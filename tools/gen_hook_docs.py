@@ -12,7 +12,7 @@ from treadle import hookspecs
 FAMILIES = [
     ("Registration", lambda n: n.startswith(("treadle_register_", "treadle_add_"))),
     ("Configuration and environment", lambda n: n in {
-        "treadle_adjust_arguments", "treadle_validate_arguments", "treadle_resolve_component",
+        "treadle_extend_catalog", "treadle_adjust_arguments", "treadle_validate_arguments", "treadle_resolve_component",
         "treadle_select_default", "treadle_report_env"}),
     ("Lifecycle", lambda n: n.startswith("treadle_on_")),
     ("Checkpoint state", lambda n: "checkpoint_state" in n),

@@ -32,6 +32,8 @@ import warnings
 from collections.abc import Callable, Iterator
 from typing import Any, Union
 
+from treadle.catalog import get_catalog
+
 # --------------------------------------------------------------------------- name tables
 # Closed sets of values, taken from the seed documents. Open sets (optimizer names,
 # backends, precisions, strategies) belong to the plugin registries, which check them.
@@ -71,6 +73,10 @@ JSON_FIELDS = (
     "gradient_checkpointing_kwargs",
     "liger_kernel_config",
 )
+
+
+# Fields where None (as transformers accepts it) stands for a value: output_dir=None is v5's default.
+NONE_MEANS: dict[str, Callable[[], Any]] = {"output_dir": lambda: "trainer_output", "plugin_options": dict}
 
 
 # --------------------------------------------------------------------------- helpers
@@ -189,6 +195,9 @@ def coerce(args, hints: dict[str, Any]) -> list[str]:
     for f in dataclasses.fields(args):
         tp, optional = _strip_optional(hints[f.name])
         value = getattr(args, f.name)
+        if value is None and f.name in NONE_MEANS:
+            object.__setattr__(args, f.name, NONE_MEANS[f.name]())
+            continue
         if value is None and (optional or f.name in JSON_FIELDS):
             continue
         try:
@@ -284,19 +293,14 @@ def apply_aliases(args, aliases: dict[str, str], defaults: dict[str, Any]) -> li
         value = getattr(args, old)
         if value is None:
             continue
-        if old == "use_mps_device":
-            _warn_alias(old, "backend", " (backend='mps')")
-            if value:
-                if args.backend not in ("auto", "mps"):
-                    problems.append(f"use_mps_device: asks for backend 'mps' but backend={args.backend!r}")
+        if old in (selections := get_catalog().alias_selections):
+            kind, name = selections[old]
+            _warn_alias(old, kind, f" ({kind}={name!r})")
+            if value is not False:  # tpu_num_cores is a count: any value selects the backend
+                if getattr(args, kind) not in ("auto", None, name):
+                    problems.append(f"{old}: asks for {kind} {name!r} but {kind}={getattr(args, kind)!r}")
                 else:  # given under its old name: explicit, not derived (survives re-derivation)
-                    object.__setattr__(args, "backend", "mps")
-        elif old == "tpu_num_cores":
-            _warn_alias(old, "backend", " (backend='xla'; the XLA launcher sets the number of cores)")
-            if args.backend not in ("auto", "xla"):
-                problems.append(f"tpu_num_cores: implies backend 'xla' but backend={args.backend!r}")
-            else:
-                object.__setattr__(args, "backend", "xla")
+                    object.__setattr__(args, kind, name)
         elif old == "include_inputs_for_metrics":
             _warn_alias(old, new, " (include_for_metrics=['inputs'])")
             if value and "inputs" not in _split_words(args.include_for_metrics):
@@ -415,18 +419,14 @@ def derive(args) -> None:
     Selectors the user set explicitly are never overridden; when they contradict a
     flag, nothing is derived and ``check`` reports it.
     """
-    # precision: --precision wins; else the familiar flags; else fp32.
+    catalog = get_catalog()
+    # precision: --precision wins; else the familiar flags (the catalog's implications); else fp32.
     if args.precision is None:
-        if args.fp16 and not args.bf16:
-            record(args, "precision", "fp16", "implied by fp16=True")
-        elif args.bf16 and not args.fp16:
-            record(args, "precision", "bf16", "implied by bf16=True")
-        elif not args.fp16 and not args.bf16:
-            record(args, "precision", "fp32", "default: neither fp16 nor bf16 requested")
-    elif args.precision == "fp16" and not args.fp16 and not args.bf16:
-        record(args, "fp16", True, "implied by precision='fp16'")
-    elif args.precision == "bf16" and not args.bf16 and not args.fp16:
-        record(args, "bf16", True, "implied by precision='bf16'")
+        implied = catalog.implied("precision", args)
+        if implied is not None:
+            record(args, "precision", *implied)
+    elif (flag := catalog.mirrored_flag("precision", args.precision, args)) is not None:
+        record(args, flag, True, f"implied by precision={args.precision!r}")
 
     # backend: --use_cpu is the familiar spelling of --backend cpu.
     if args.use_cpu and args.backend == "auto":
@@ -434,18 +434,9 @@ def derive(args) -> None:
     elif args.backend == "cpu" and not args.use_cpu:
         record(args, "use_cpu", True, "implied by backend='cpu'")
 
-    # strategy: an fsdp/deepspeed config names it; otherwise the launcher's world size.
-    if args.strategy is None:
-        world = _env_int("WORLD_SIZE", 1)
-        if args.fsdp and args.deepspeed is None:
-            record(args, "strategy", "fsdp", f"implied by fsdp={' '.join(args.fsdp)!r}")
-        elif args.deepspeed is not None and not args.fsdp:
-            record(args, "strategy", "deepspeed", "implied by deepspeed config")
-        elif not args.fsdp and args.deepspeed is None:
-            if world > 1:
-                record(args, "strategy", "ddp", f"WORLD_SIZE={world} in the environment")
-            else:
-                record(args, "strategy", "single", "default: one process, no fsdp/deepspeed config")
+    # strategy: an fsdp/deepspeed config names it; otherwise the launcher's world size (the catalog).
+    if args.strategy is None and (implied := catalog.implied("strategy", args)) is not None:
+        record(args, "strategy", *implied)
 
     if (args.torch_compile_backend or args.torch_compile_mode) and not args.torch_compile:
         which = "torch_compile_backend" if args.torch_compile_backend else "torch_compile_mode"
@@ -530,10 +521,11 @@ def _choices_rule(metadata: dict[str, dict]) -> Rule:
 
 _BOUNDS = {
     # name: (lowest, lowest allowed?, highest, highest allowed?)
-    "per_device_train_batch_size": (1, True, None, None),
-    "per_device_eval_batch_size": (1, True, None, None),
-    "gradient_accumulation_steps": (1, True, None, None),
-    "eval_accumulation_steps": (1, True, None, None),
+    # counts of samples / batches: above 2**31 no sampler, loader or tensor index copes
+    "per_device_train_batch_size": (1, True, 2**31, False),
+    "per_device_eval_batch_size": (1, True, 2**31, False),
+    "gradient_accumulation_steps": (1, True, 2**31, False),
+    "eval_accumulation_steps": (1, True, 2**31, False),
     "torch_empty_cache_steps": (1, True, None, None),
     "dataloader_num_workers": (0, True, None, None),
     "dataloader_prefetch_factor": (1, True, None, None),
@@ -573,6 +565,21 @@ def bounds(args):
             hi = "" if high is None else str(high) + ("]" if high_ok else ")")
             span = f"in {lo}, {hi}" if high is not None else f"{'>=' if low_ok else '>'} {low}"
             yield f"{name}: must be {span}, got {value}"
+
+
+@rule
+def paths(args):
+    """Paths that can only be a mistake, caught before anything is trained or written."""
+    if isinstance(args.output_dir, str) and not args.output_dir.strip():
+        yield "output_dir: is empty; name a directory (the default is 'trainer_output')"
+    logging_dir = args.logging_dir
+    if isinstance(logging_dir, str) and not logging_dir.strip():
+        yield "logging_dir: is empty; name a directory, or leave it unset for one under output_dir"
+    elif isinstance(logging_dir, str) and os.path.exists(logging_dir) and not os.path.isdir(logging_dir):
+        yield f"logging_dir: {logging_dir!r} is a file, not a directory"
+    resume = args.resume_from_checkpoint
+    if isinstance(resume, str) and not resume.strip():
+        yield "resume_from_checkpoint: is empty; name a checkpoint directory, or 'true' for the newest one in output_dir"
 
 
 @rule
@@ -655,9 +662,10 @@ def selectors(args):
         yield "fp16, bf16: choose one half-precision mode, not both"
     if args.fp16_full_eval and args.bf16_full_eval:
         yield "fp16_full_eval, bf16_full_eval: choose one, not both"
-    for flag in ("fp16", "bf16"):
-        if getattr(args, flag) and args.precision not in (None, flag):
-            yield f"precision: {args.precision!r} contradicts {flag}=True"
+    catalog = get_catalog()
+    for problem in catalog.contradictions("precision", args):
+        if not (args.fp16 and args.bf16):  # said above, in the words of the flags
+            yield problem
     for name in ("backend", "task"):
         value = getattr(args, name)
         if not isinstance(value, str) or not value.strip() or re.search(r"\s", value):
@@ -670,12 +678,7 @@ def selectors(args):
         yield f"backend: {args.backend!r} contradicts use_cpu=True"
     if args.tf32 and (args.use_cpu or args.backend == "cpu"):
         yield "tf32: needs an Ampere or newer CUDA GPU, but the backend is cpu"
-    if args.fsdp and args.deepspeed is not None:
-        yield "fsdp, deepspeed: choose one sharding engine, not both"
-    if args.fsdp and args.strategy not in (None, "fsdp"):
-        yield f"strategy: {args.strategy!r} contradicts fsdp={' '.join(args.fsdp)!r}"
-    if args.deepspeed is not None and args.strategy not in (None, "deepspeed"):
-        yield f"strategy: {args.strategy!r} contradicts the deepspeed config"
+    yield from catalog.contradictions("strategy", args)
 
 
 @rule

@@ -441,6 +441,7 @@ class TrainingArguments:
     def _finish(self, problems: list[str]) -> None:
         """Normalise, derive and validate; raise with every problem found."""
         problems = problems + rules.normalise(self)
+        problems += _settle_plugin_options(self)
         rules.derive(self)
         # A value that failed coercion may trip a rule; then skip that rule, the real message is already in.
         self.__dict__["_bad_values"] = bool(problems)
@@ -883,6 +884,13 @@ def _hints() -> dict[str, Any]:
     if not _HINTS:
         _HINTS.update(typing.get_type_hints(TrainingArguments))
     return _HINTS
+
+
+def _settle_plugin_options(args: TrainingArguments) -> list[str]:
+    """Plugin fields' defaults, types and choices (``treadle.config.settle_plugin_options``)."""
+    from .config import settle_plugin_options
+
+    return settle_plugin_options(args)
 
 
 def _mask(name: str, value: Any) -> Any:

@@ -20,7 +20,10 @@ from treadle.flow import best_metric_key, is_improvement, metric_to_compare, opt
 from treadle.markers import hookimpl
 from treadle.state import ExportableState
 
-_EVENT_EXTRA = {"evaluate": "metrics", "predict": "metrics", "log": "logs", "save": "checkpoint_dir", "push_begin": "checkpoint_dir"}
+_EVENT_EXTRA = {
+    "evaluate": "metrics", "predict": "metrics", "log": "logs", "save": "checkpoint_dir", "push_begin": "checkpoint_dir",
+    "exception": "exception", "model_saved": "output_dir",
+}
 
 
 class TrainerCallback:
@@ -112,6 +115,16 @@ class TrainerCallbackAdapter:
 
             def impl(trainer, args, state, control, checkpoint_dir):
                 call(trainer, args, state, control, {"checkpoint_dir": checkpoint_dir})
+
+        elif extra_name == "output_dir":
+
+            def impl(trainer, args, state, control, output_dir):
+                call(trainer, args, state, control, {"output_dir": output_dir})
+
+        elif extra_name == "exception":
+
+            def impl(trainer, args, state, control, exception):
+                call(trainer, args, state, control, {"exception": exception})
 
         else:
 

@@ -19,10 +19,13 @@ Only the standard library, PyYAML and the (torch-free) schema are imported here.
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import dataclasses
 import difflib
 import json
 import os
+import re
 import types
 import typing
 import warnings
@@ -201,6 +204,8 @@ def _to_int(raw: Any) -> int:
         raise ValueError("not an integer")
     if isinstance(raw, int):
         return raw
+    if isinstance(raw, str) and raw.strip().lstrip("+-").isdigit():
+        return int(raw)  # exact, however long (float() would round 99999999999999999999)
     number = float(raw)
     if not number.is_integer():
         raise ValueError("not a whole number")
@@ -326,6 +331,8 @@ class ArgvReader:
                 elif shape == "bool_or_str" and following is not None and not following.startswith("--") and not _is_config(following):
                     pairs.append((name, following))
                     i += 1
+                elif following is not None and not following.startswith("--") and not _is_config(following):
+                    raise UsageError(f"--{name} takes true or false (or nothing, meaning true), got {following!r}")
                 else:
                     pairs.append((name, True))
                 continue
@@ -428,6 +435,7 @@ def parse_arguments(
         target = fields[name].deprecated_for
         if target:
             explicit.add(target)
+            sources.setdefault(target, f"{sources[name]} (as --{name})")
 
     if apply_task_defaults:
         task = values.get("task", core["task"].default)
@@ -437,7 +445,7 @@ def parse_arguments(
     plugin_values = {k: v for k, v in values.items() if k in plugin}
     for name, info in plugin.items():
         plugin_values.setdefault(name, info.default)
-    args = build_training_arguments(TrainingArguments, core_values, plugin_values, check=False)
+    args = build_training_arguments(TrainingArguments, core_values, plugin_values, pm=pm, check=False)
 
     for name, reason in getattr(args, "derived_fields", lambda: {})().items():
         if name not in explicit:
@@ -449,15 +457,20 @@ def parse_arguments(
 
 
 def _apply_component_defaults(pm: Any, kind: str, name: Any, values: dict, sources: dict, fields: dict) -> None:
-    """Fill unset arguments with the defaults the selected component declares."""
+    """Fill unset arguments with the defaults the selected component declares.
+
+    A value the user gave under a deprecated name (``--evaluation_strategy``) counts as given:
+    the default does not fill the field it stands for, so the two never conflict.
+    """
     if not isinstance(name, str):
         return
     try:
         spec = pm.resolve(kind, name)
     except UsageError:
         return  # reported with the other selection problems
+    given = set(values) | {fields[key].deprecated_for for key in values if key in fields and fields[key].deprecated_for}
     for key, value in spec.defaults.items():
-        if key not in values and key in fields:
+        if key not in given and key in fields:
             values[key] = value
             sources[key] = f"default of {kind} '{name}'"
 
@@ -470,7 +483,7 @@ def build_training_arguments(
     With ``check`` (the default) the plugins' adjust / validate hooks and the selection checks
     run too (``check_arguments``), with the given values as the explicit ones.
     """
-    with warnings.catch_warnings(record=True) as caught:
+    with warnings.catch_warnings(record=True) as caught, _constructing_with(pm):
         warnings.simplefilter("always", FutureWarning)
         try:
             args = cls(**core_values, plugin_options=plugin_values)
@@ -482,6 +495,73 @@ def build_training_arguments(
     if check:
         check_arguments(args, pm, _given_names(cls, {**core_values, **plugin_values}))
     return args
+
+
+_CONSTRUCTION_PM: contextvars.ContextVar[Any] = contextvars.ContextVar("treadle_construction_pm", default=None)
+"""The plugin manager a parser builds ``TrainingArguments`` with (else the process-wide one)."""
+
+
+@contextlib.contextmanager
+def _constructing_with(pm: Any) -> Any:
+    token = _CONSTRUCTION_PM.set(pm)
+    try:
+        yield
+    finally:
+        _CONSTRUCTION_PM.reset(token)
+
+
+def settle_plugin_options(args: Any) -> list[str]:
+    """Give plugin fields what core fields get at construction: defaults, types, choices.
+
+    Called by ``TrainingArguments`` while it is built (plugins are loaded by then): the options
+    become a new dict (the caller's stays as it was), every installed plugin field gets its
+    default, given values are converted to the field's type and checked against its choices. A
+    key in the namespace of an installed plugin that the plugin does not declare is a misspelling
+    and an error; a key of a plugin that is not installed here is kept, with a warning (a config
+    written for another machine), since nothing will read it. Returns the problems found.
+    """
+    from treadle.plugins import get_plugin_manager
+
+    options = args.__dict__.get("plugin_options")
+    if options is None:
+        options = {}
+    if not isinstance(options, dict):
+        return []  # normalise() reports the wrong type
+    pm = _CONSTRUCTION_PM.get() or get_plugin_manager()
+    fields = plugin_fields(pm)
+    namespaces = {record.name.replace("-", "_") for record in pm.records.values() if record.status == "ok"}
+    core = set(core_fields()) | {"plugin_options"}
+    settled: dict[str, Any] = {}
+    problems: list[str] = []
+    for key, value in options.items():
+        info = fields.get(key)
+        if info is not None:
+            try:
+                if value is not None:
+                    value = convert(info, value, where="plugin_options")
+                    _check_choice(info, value, "plugin_options")
+            except UsageError as exc:
+                problems.append(str(exc))
+        elif isinstance(key, str) and key.isidentifier() and key not in core:  # other keys: the schema's rules
+            owner = next((ns for ns in namespaces if key.startswith(ns + "_")), None)
+            if owner is not None:
+                declared = sorted(name for name in fields if name.startswith(owner + "_"))
+                problems.append(
+                    f"plugin_options: plugin {owner} has no option {key!r}{_suggest(key, declared).replace('--', '')}"
+                    f" (its options: {', '.join(declared) or 'none'})"
+                )
+            else:
+                warnings.warn(
+                    f"plugin_options: no installed plugin declares {key!r}; it is kept, but nothing reads it "
+                    "(is the plugin that adds it installed? `treadle plugins` lists them)",
+                    UserWarning,
+                    stacklevel=6,  # the caller of TrainingArguments(...)
+                )
+        settled[key] = value
+    for name, info in fields.items():
+        settled.setdefault(name, info.default)
+    object.__setattr__(args, "plugin_options", settled)
+    return problems
 
 
 CHECKED_MARK = "_treadle_arguments_checked"
@@ -544,10 +624,25 @@ def _stderr() -> Any:
     return sys.stderr
 
 
+_SELECTOR_FIELDS = {"backend": "backend", "precision": "precision", "strategy": "strategy"}
+
+
+def _typed_flag(args: Any, kind: str) -> Optional[str]:
+    """The flag the user typed when a selector was implied by it (``--fp16`` for precision fp16), else None."""
+    field_name = _SELECTOR_FIELDS.get(kind)
+    derived = getattr(args, "derived_fields", None)
+    if field_name is None or derived is None:
+        return None
+    reason = derived().get(field_name, "")
+    match = re.match(r"implied by (\w+)", reason)
+    return f"--{match.group(1)}" if match else None
+
+
 def selection_problems(args: Any, pm: Any) -> list[str]:
     """Check that every component the arguments select is provided by an installed plugin."""
     from treadle.errors import PluginError
     from treadle.plugins import SELECTOR_OPTION
+    from treadle.selection import resolve_eval_precision
 
     wanted: list[tuple[str, Any]] = [
         ("backend", args.backend if args.backend != "auto" else None),
@@ -563,14 +658,23 @@ def selection_problems(args: Any, pm: Any) -> list[str]:
     for kind, name in wanted:
         if name is None:
             continue
+        option = f"{SELECTOR_OPTION.get(kind, kind)} {name}"
+        typed = _typed_flag(args, kind)  # --fp16 rather than the --precision fp16 it implies
         try:
             spec = pm.resolve(kind, str(name), args)
         except PluginError as exc:
-            problems.append(str(exc).replace("\n", "\n    "))
+            message = str(exc)
+            if typed and message.startswith(option + ":"):
+                message = typed + message[len(option):]
+            problems.append(message.replace("\n", "\n    "))
             continue
         missing = spec.requirements_problem()
         if missing:
-            problems.append(f"{SELECTOR_OPTION.get(kind, kind)} {name}: {missing}")
+            problems.append(f"{typed or option}: {missing}")
+    try:
+        resolve_eval_precision(args, pm)
+    except PluginError as exc:
+        problems.append(str(exc).replace("\n", "\n    "))
     return problems
 
 

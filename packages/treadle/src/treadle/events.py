@@ -70,6 +70,26 @@ class EventDispatcher:
 
         return call
 
+    def call_each(
+        self, event: str, trainer: Any, args: Any, state: Any, control: Any, extra: dict[str, Any],
+        on_error: Callable[[str, str, BaseException], None],
+    ) -> None:
+        """Call every implementation of ``event`` even if one raises (``on_error(event, plugin, exc)``).
+
+        For the closing events (``run_end``, ``exception``): each reporter must get the chance
+        to close its run whatever another one did.
+        """
+        name = hook_name(event)
+        impls = self.run_hooks.impls(name)
+        values = {"trainer": trainer, "args": args, "state": state, "control": control, **extra}
+        for impl in reversed(impls):  # pluggy's calling order
+            if impl.hookwrapper or getattr(impl, "wrapper", False):
+                continue  # a wrapper has nothing to wrap here: each call stands alone
+            try:
+                impl.function(*(values[arg] for arg in impl.argnames))
+            except Exception as exc:
+                on_error(event, impl.plugin_name, exc)
+
     def _through_pluggy(self, name: str) -> Callable[..., None]:
         def call(trainer: Any, args: Any, state: Any, control: Any, extra: dict[str, Any]) -> None:
             self.run_hooks.call(name, trainer=trainer, args=args, state=state, control=control, **extra)

@@ -76,6 +76,8 @@ class FlowPlugin:
             control.should_save = True
         if step >= state.max_steps:
             control.should_training_stop = True
+            if self._eval == "steps" and self._eval_delay <= step:  # the last weights are evaluated too
+                control.should_evaluate = True
             if self._save == "steps":
                 control.should_save = True
 

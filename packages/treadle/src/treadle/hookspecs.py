@@ -11,7 +11,8 @@ Plugin authors implement these with ``from treadle import hookimpl``. Three fami
    ``state`` and ``control`` (event-specific arguments come after, by keyword). Their return
    value is ignored: a hook steers the loop only by setting flags on ``control``.
 
-Plus two checkpoint hooks so a plugin can keep its own state across a resume.
+Plus checkpoint hooks, so a plugin can keep its own state across a resume and fetch a checkpoint
+from elsewhere (``--resume_from_checkpoint hub:org/name``).
 
 pluggy passes arguments by name, so an implementation may accept only the arguments it needs
 (``def treadle_on_log(logs): ...`` is valid).
@@ -25,6 +26,7 @@ from treadle.markers import hookspec
 
 if TYPE_CHECKING:  # imported for annotations only: this module must stay light
     from treadle.args import TrainingArguments
+    from treadle.catalog import Catalog
     from treadle.plugins import ArgumentSchema, ComponentSpec, Register
     from treadle.state import TrainerControl, TrainerState
 
@@ -109,6 +111,19 @@ def treadle_register_tasks(register: Register) -> None:
 
 
 @hookspec
+def treadle_extend_catalog(catalog: Catalog) -> None:
+    """Add seed-compatibility rows to ``treadle.catalog``: flags that select a component, and
+    install hints for names the plugin's distribution provides.
+
+    ``catalog.imply(kind, name, reason)`` makes selector ``kind`` default to ``name`` whenever
+    ``reason(args)`` returns a (non-empty) explanation, e.g. a plugin's own ``--my_sharding``
+    flag choosing its strategy; ``catalog.hint(kind, name, "my-distribution")`` names the distribution
+    an error message tells the user to install when that name is missing. Called once, when argument rules first need the catalog;
+    keep it cheap (no heavy imports).
+    """
+
+
+@hookspec
 def treadle_adjust_arguments(args: TrainingArguments, explicit: frozenset[str]) -> None:
     """Adjust the parsed arguments in place before they are validated.
 
@@ -172,6 +187,32 @@ def treadle_on_train_begin(trainer: Any, args: TrainingArguments, state: Trainer
 @hookspec
 def treadle_on_train_end(trainer: Any, args: TrainingArguments, state: TrainerState, control: TrainerControl) -> None:
     """Training has ended (normally or because ``control.should_training_stop`` was set)."""
+
+
+@hookspec
+def treadle_on_run_end(trainer: Any, args: TrainingArguments, state: TrainerState, control: TrainerControl) -> None:
+    """The run is over: no more metrics will be logged; close what ``train_begin`` opened.
+
+    Fired once per run, after the last metrics: ``treadle train`` fires it after the final
+    save and evaluation (``train_end`` comes before those), ``treadle evaluate`` / ``predict``
+    after their metrics. From Python it is ``Trainer.end_run()`` (or leaving a
+    ``with Trainer(...) as trainer:`` block); a run still open when the interpreter exits is
+    ended then. Reporters finish their runs here. The strategy and backend are torn down right
+    after it. An implementation that raises is reported as a warning; the others still run.
+    """
+
+
+@hookspec
+def treadle_on_exception(
+    trainer: Any, args: TrainingArguments, state: TrainerState, control: TrainerControl, exception: BaseException
+) -> None:
+    """The run failed with ``exception`` (raised by ``train``, or by the command around it).
+
+    Fired instead of ``run_end``, once, before the exception propagates (``KeyboardInterrupt``
+    included); reporters mark their runs failed, a hub upload stops cleanly. The strategy and
+    backend are torn down right after it. An implementation that raises is reported as a
+    warning; it never hides ``exception``.
+    """
 
 
 @hookspec
@@ -246,18 +287,37 @@ def treadle_on_log(
 def treadle_on_save(
     trainer: Any, args: TrainingArguments, state: TrainerState, control: TrainerControl, checkpoint_dir: str
 ) -> None:
-    """A checkpoint was written, complete and verified, at ``checkpoint_dir``."""
+    """A checkpoint was written, complete and verified, at ``checkpoint_dir``.
+
+    Fired before ``save_total_limit`` rotation deletes older checkpoints, so every checkpoint
+    this hook saw still exists while it runs. A plugin that reads a checkpoint after returning
+    (a background upload) calls ``release = trainer.hold_checkpoint(checkpoint_dir)`` here and
+    ``release()`` when done: rotation skips a held checkpoint, and the first rotation after its
+    release deletes it if it is still beyond the limit.
+    """
+
+
+@hookspec
+def treadle_on_model_saved(
+    trainer: Any, args: TrainingArguments, state: TrainerState, control: TrainerControl, output_dir: str
+) -> None:
+    """``Trainer.save_model`` wrote the model (weights, config, arguments) to ``output_dir``.
+
+    Fired on every process once the files are complete (``treadle train`` saves the final model
+    this way, after ``train_end``). Hub sync uploads the folder from here. Not fired for the
+    save that ``Trainer.push_to_hub`` makes before its own upload.
+    """
 
 
 @hookspec
 def treadle_on_push_begin(
     trainer: Any, args: TrainingArguments, state: TrainerState, control: TrainerControl, checkpoint_dir: str
 ) -> None:
-    """The Trainer is about to push ``checkpoint_dir`` to a model hub."""
+    """The Trainer is about to push ``checkpoint_dir`` to a model hub (main process only)."""
 
 
 # --------------------------------------------------------------------------------------------
-# Family 4: plugin state in checkpoints
+# Family 4: checkpoints (plugin state, checkpoints fetched from elsewhere)
 # --------------------------------------------------------------------------------------------
 
 
@@ -277,4 +337,16 @@ def treadle_load_checkpoint_state(trainer: Any, states: Mapping[str, dict[str, A
 
     Called after the weights, optimizer, scheduler and trainer state are restored and before
     the random generators are, so a hook may draw random numbers without shifting the run.
+    """
+
+
+@hookspec(firstresult=True)
+def treadle_fetch_checkpoint(location: str, args: TrainingArguments | None) -> str | None:
+    """Fetch the checkpoint a ``--resume_from_checkpoint`` location names that is no local path.
+
+    ``location`` looks like ``scheme:rest`` (``hub:org/name`` for a hub repository's
+    ``last-checkpoint/``). Return the local directory of the fetched checkpoint (the core then
+    verifies its manifest as for any checkpoint), or None for a scheme this plugin does not
+    know; raise ``treadle.CheckpointError`` when the location is yours but cannot be fetched.
+    Called on every process (the download may be shared); import heavy libraries inside.
     """

@@ -32,6 +32,7 @@ import pluggy
 
 from treadle import hookspecs
 from treadle.__about__ import __version__
+from treadle.catalog import get_catalog, reset_catalog
 from treadle.errors import PluginError
 
 ENTRY_POINT_GROUP = "treadle"
@@ -73,22 +74,6 @@ SELECTOR_OPTION: dict[str, str] = {
 }
 """The argument that selects a component of each kind (used in error messages)."""
 
-KNOWN_DISTRIBUTIONS: dict[tuple[str, str], str] = {
-    ("backend", "cuda"): "treadle-cuda",
-    ("backend", "mps"): "treadle-mps",
-    ("backend", "xla"): "treadle-xla",
-    ("backend", "tpu"): "treadle-xla",
-    ("precision", "fp16"): "treadle-amp",
-    ("precision", "bf16"): "treadle-amp",
-    ("strategy", "ddp"): "treadle-ddp",
-    ("strategy", "fsdp"): "treadle-fsdp",
-    ("strategy", "deepspeed"): "treadle-deepspeed",
-    ("reporter", "tensorboard"): "treadle-tensorboard",
-    ("reporter", "wandb"): "treadle-wandb",
-    ("reporter", "mlflow"): "treadle-mlflow",
-    ("hub", "huggingface"): "treadle-hub",
-}
-"""First-party distributions, for the ``pip install`` hint when a selected name is missing."""
 
 
 def _env_list(name: str) -> Optional[set[str]]:
@@ -399,6 +384,10 @@ class RunHooks:
     def impls(self, hook_name: str) -> list[pluggy.HookImpl]:
         return getattr(self._pm.hook, hook_name).get_hookimpls()
 
+    def name_of(self, plugin: object) -> Optional[str]:
+        """The name ``plugin`` is registered under (its key in a checkpoint's plugin states)."""
+        return self._pm.get_name(plugin)
+
 
 def _culprit(impls: list[pluggy.HookImpl], exc: BaseException) -> Optional[str]:
     codes = {impl.function.__code__: impl.plugin_name for impl in impls if hasattr(impl.function, "__code__")}
@@ -570,7 +559,7 @@ class TreadlePluginManager:
         option = SELECTOR_OPTION.get(kind, kind)
         installed = ", ".join(self.names(kind)) or "none"
         lines = [f"{option} {name}: no installed plugin provides {kind} '{name}'.", f"installed {KIND_PLURALS.get(kind, kind)}: {installed}."]
-        distribution = KNOWN_DISTRIBUTIONS.get((kind, name))
+        distribution = get_catalog().distribution_for(kind, name)
         broken = [r for r in self.records.values() if r.status == "broken"]
         if distribution:
             lines.append(f"To add it: pip install {distribution}")
@@ -656,3 +645,4 @@ def reset_plugin_manager(manager: Optional[TreadlePluginManager] = None) -> None
     """Replace (or forget) the process-wide manager; for tests and embedding applications."""
     global _MANAGER
     _MANAGER = manager
+    reset_catalog()  # it holds rows the old manager's plugins added

@@ -12,6 +12,7 @@ import weakref
 from dataclasses import dataclass
 from typing import Any, Optional
 
+from treadle.catalog import get_catalog
 from treadle.components import Backend, Precision, Strategy
 from treadle.errors import PluginError, UsageError
 from treadle.flow import option_value
@@ -27,13 +28,10 @@ class RunComponents:
     """The precision evaluation runs in when it differs from training's (``--*_full_eval``)."""
 
 
-FULL_EVAL_PRECISIONS: tuple[tuple[str, str], ...] = (("fp16_full_eval", "fp16-true"), ("bf16_full_eval", "bf16-true"))
-"""The seeds' full-evaluation flags and the precision each one evaluates in (weights converted)."""
-
-
 def eval_precision_name(args: Any) -> Optional[tuple[str, str]]:
-    """``(flag, precision name)`` of the full-evaluation flag that is set, or None."""
-    for flag, name in FULL_EVAL_PRECISIONS:
+    """``(flag, precision name)`` of the full-evaluation flag that is set, or None (the flags and
+    the precision each evaluates in are rows of ``treadle.catalog``)."""
+    for flag, name in get_catalog().eval_precisions.items():
         if getattr(args, flag, False):
             return flag, name
     return None

@@ -158,7 +158,9 @@ class ConsoleReporter(Reporter):
 
     @hookimpl
     def treadle_on_train_end(self, state: Any) -> None:
-        super().treadle_on_train_end(state=state)
+        # The console has no run to keep open: close the bars and the handler now; the lines of
+        # a final evaluation open it again, and the run's end closes it for good.
+        self._active = False
         self.finish()  # also closes bars opened without an active setup
 
     def _close_eval_bar(self) -> None:
