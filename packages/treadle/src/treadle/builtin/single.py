@@ -17,12 +17,7 @@ class SingleDeviceStrategy(Strategy):
     name = "single"
 
     def setup_model(self, model: torch.nn.Module) -> torch.nn.Module:
-        """Convert the model for the precision, then move it to the device.
-
-        The precision's ``convert_module`` is applied here, before any wrapping a subclass may
-        add, so the loop does not call it a second time.
-        """
+        """Move the model to the device (the loop has applied the precision's ``convert_module``)."""
         if self.root_device is None:
             self.setup_environment()
-        model = self.precision.convert_module(model)
         return model.to(self.root_device)
