@@ -20,7 +20,7 @@ def tiny_task(args):
 
 
 def not_a_task(args):
-    return {"model": Classifier()}
+    return (Classifier(),)
 
 
 def _args(tmp_path, **overrides):

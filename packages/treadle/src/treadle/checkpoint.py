@@ -42,7 +42,7 @@ from treadle.errors import CheckpointError, UsageError
 from treadle.flow import best_metric_key, is_improvement
 from treadle.manifest import MANIFEST_NAME, manifest_file, verify_checkpoint, verify_files, write_manifest
 from treadle.model_files import WEIGHTS_NAME, read_weights, replace_files_atomically, write_model_files, write_weights
-from treadle.serialization import fsync_path, load_state_files, save_state_files
+from treadle.serialization import fsync_path, load_state_files, save_state_files, unreadable_file_is_checkpoint_error
 
 if TYPE_CHECKING:
     from treadle.args import TrainingArguments
@@ -498,7 +498,8 @@ def _does_not_fit(path: Path, what: str) -> Iterator[None]:
 
 def _restore_trainer_state(trainer: Any, path: Path) -> None:
     """Replace the trainer's state by the saved one, keeping the object others may hold."""
-    loaded = type(trainer.state).load_from_json(str(path))
+    with unreadable_file_is_checkpoint_error(path):
+        loaded = type(trainer.state).load_from_json(str(path))
     current = trainer.state
     saved_batch, batch = getattr(loaded, "train_batch_size", None), getattr(current, "train_batch_size", None)
     if saved_batch and batch and saved_batch != batch:

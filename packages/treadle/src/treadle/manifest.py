@@ -90,6 +90,13 @@ def _read_manifest(directory: Path) -> dict[str, Any]:
         files = manifest["files"]
         if manifest.get("format") != MANIFEST_FORMAT or not isinstance(files, dict):
             raise ValueError("not a treadle checkpoint manifest")
+        version = manifest.get("version")
+        if not isinstance(version, int) or isinstance(version, bool) or not 1 <= version <= MANIFEST_VERSION:
+            raise CheckpointError(
+                f"{path} has manifest version {version!r}, which this treadle {__version__} does not know (it reads "
+                f"versions 1 to {MANIFEST_VERSION}); a newer treadle wrote it, or the manifest is damaged: "
+                "upgrade treadle, or resume from another checkpoint"
+            )
         for name, entry in files.items():
             if not _safe_relative(name) or not {"size", "sha256"} <= set(entry):
                 raise ValueError(f"bad file entry {name!r}")

@@ -14,7 +14,7 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Mapping
 
-from treadle.serialization import UnsupportedStateError, fsync_path, unshare_tensors
+from treadle.serialization import UnsupportedStateError, fsync_path, unreadable_file_is_checkpoint_error, unshare_tensors
 
 if TYPE_CHECKING:
     import torch
@@ -42,11 +42,12 @@ def read_weights(path: Path) -> dict[str, torch.Tensor]:
     from safetensors import safe_open
     from safetensors.torch import load_file
 
-    with safe_open(str(path), framework="pt") as fh:
-        metadata = fh.metadata() or {}
-    state = load_file(str(path))
-    for alias, canonical in json.loads(metadata.get(TIED_METADATA_KEY, "{}")).items():
-        state[alias] = state[canonical]
+    with unreadable_file_is_checkpoint_error(path):
+        with safe_open(str(path), framework="pt") as fh:
+            metadata = fh.metadata() or {}
+        state = load_file(str(path))
+        for alias, canonical in json.loads(metadata.get(TIED_METADATA_KEY, "{}")).items():
+            state[alias] = state[canonical]
     return state
 
 

@@ -454,8 +454,11 @@ class TreadlePluginManager:
         allowed = _env_list("TREADLE_PLUGINS")
         blocked = _env_list("TREADLE_BLOCKED_PLUGINS") or set()
         seen: set[str] = set()
+        known, entry_names = {BUILTIN_PLUGIN_NAME}, set()
         for ep in sorted(importlib.metadata.entry_points(group=ENTRY_POINT_GROUP), key=lambda e: e.name):
             dist = ep.dist.name if ep.dist is not None else ep.name
+            known |= {ep.name, dist}
+            entry_names.add(ep.name)
             if ep.name in seen or ep.name in self.records:
                 continue
             seen.add(ep.name)
@@ -465,6 +468,14 @@ class TreadlePluginManager:
                 continue
             version = ep.dist.version if ep.dist is not None else "?"
             self._add(PluginRecord(ep.name, dist, version, ep.value), ep.load)
+        for variable, names in (("TREADLE_PLUGINS", allowed or set()), ("TREADLE_BLOCKED_PLUGINS", blocked)):
+            unknown = sorted(names - known)
+            if unknown:  # a typo would otherwise load nothing (or block nothing) without a word
+                print(
+                    f"treadle: warning: {variable} names {', '.join(unknown)}, which no installed plugin is "
+                    f"(installed: {', '.join(sorted(entry_names)) or 'none'})",
+                    file=sys.stderr,
+                )
 
     def _add(self, record: PluginRecord, load: Callable[[], object]) -> None:
         self.records[record.name] = record

@@ -7,11 +7,12 @@ command; the results land in ``output_dir`` (final model, ``<split>_results.json
 
 from __future__ import annotations
 
+import dataclasses
 import inspect
 import os
 import traceback
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Mapping, Optional
 
 from treadle.components import TaskParts
 from treadle.errors import DEBUG_HINT, TreadleError, UsageError
@@ -48,11 +49,48 @@ def build_task(args: Any) -> TaskParts:
         raise
     except Exception as exc:
         raise TreadleError(f"task {args.task!r} raised {type(exc).__name__}: {exc}{_where(exc)}\n{DEBUG_HINT}") from exc
-    if not isinstance(parts, TaskParts):
-        raise UsageError(f"task {args.task!r} returned {type(parts).__name__}; a task must return treadle.TaskParts")
+    parts = _as_task_parts(args.task, parts)
     if parts.model is None and parts.model_init is None:
         raise UsageError(f"task {args.task!r} returned no model (set TaskParts.model or TaskParts.model_init)")
+    _check_datasets(args.task, parts)
     return parts
+
+
+_PART_NAMES = tuple(f.name for f in dataclasses.fields(TaskParts))
+
+
+def _as_task_parts(task: str, parts: Any) -> TaskParts:
+    """``TaskParts`` as returned, or built from a mapping with its keys (``{"model": m, ...}``)."""
+    if isinstance(parts, TaskParts):
+        return parts
+    if isinstance(parts, Mapping):
+        unknown = [str(key) for key in parts if key not in _PART_NAMES]
+        if unknown:
+            raise UsageError(
+                f"task {task!r} returned a mapping with unknown key(s) {', '.join(map(repr, unknown))}; "
+                f"the keys a task may return are {', '.join(_PART_NAMES)}"
+            )
+        return TaskParts(**parts)
+    raise UsageError(
+        f"task {task!r} returned {type(parts).__name__}; a task must return treadle.TaskParts "
+        f"or a mapping with its keys ({', '.join(_PART_NAMES)})"
+    )
+
+
+def _check_datasets(task: str, parts: TaskParts) -> None:
+    """A dataset is something to index or iterate (a Dataset, a list of samples, an iterable); not an int or a str."""
+    for name in ("train_dataset", "eval_dataset", "test_dataset"):
+        value = getattr(parts, name)
+        datasets = value.items() if isinstance(value, Mapping) and name == "eval_dataset" else [(None, value)]
+        for key, dataset in datasets:
+            if dataset is None:
+                continue
+            if isinstance(dataset, (str, bytes)) or not (hasattr(dataset, "__getitem__") or hasattr(dataset, "__iter__")):
+                where = f"{name}[{key!r}]" if key is not None else name
+                raise UsageError(
+                    f"task {task!r} returned {where} of type {type(dataset).__name__}; a dataset is a torch Dataset, "
+                    "a datasets.Dataset, a list of samples or an iterable of them"
+                )
 
 
 def _signature(function: Any) -> str:

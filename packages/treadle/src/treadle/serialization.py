@@ -18,12 +18,13 @@ this module exists to avoid.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import json
 import math
 import os
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Mapping
+from typing import TYPE_CHECKING, Any, Callable, Iterator, Mapping
 
 from treadle.errors import CheckpointError
 
@@ -219,11 +220,30 @@ def load_state_files(directory: Path, stem: str, open_file: Callable[[str], Path
     from safetensors.torch import load_file
 
     check = open_file or (lambda name: directory / name)
-    tree = json.loads(check(f"{stem}.json").read_text("utf-8"))["tree"]
+    with unreadable_file_is_checkpoint_error(directory / f"{stem}.json"):
+        tree = json.loads(check(f"{stem}.json").read_text("utf-8"))["tree"]
     tensors: dict[str, Any] = {}
     if (directory / f"{stem}.safetensors").exists() or _references_tensors(tree):
-        tensors = load_file(str(check(f"{stem}.safetensors")))
+        with unreadable_file_is_checkpoint_error(directory / f"{stem}.safetensors"):
+            tensors = load_file(str(check(f"{stem}.safetensors")))
     return join_tensors(tree, tensors)
+
+
+@contextlib.contextmanager
+def unreadable_file_is_checkpoint_error(path: Path) -> Iterator[None]:
+    """A file that matches its manifest but cannot be parsed (written garbage, another tool's format)
+    is a ``CheckpointError`` naming it, not a traceback from safetensors or json."""
+    from safetensors import SafetensorError
+
+    try:
+        yield
+    except (SafetensorError, ValueError, KeyError, TypeError, OSError) as exc:
+        if isinstance(exc, CheckpointError):
+            raise
+        raise CheckpointError(
+            f"{path} cannot be read ({type(exc).__name__}: {exc}); its contents are not what treadle wrote "
+            "there, so it cannot be loaded: use another checkpoint (or save the model again)"
+        ) from None
 
 
 def _references_tensors(tree: Any) -> bool:

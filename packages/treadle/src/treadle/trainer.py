@@ -43,6 +43,7 @@ from treadle.data import (
     build_dataloader,
     default_data_collator,
     epoch_iterator,
+    forward_parameters,
     has_length,
     remove_unused_columns,
     sample_lengths,
@@ -167,6 +168,7 @@ class Trainer:
         self.compute_loss_func = compute_loss_func
         self.compute_metrics = compute_metrics
         self.preprocess_logits_for_metrics = preprocess_logits_for_metrics
+        self._check_label_names(model)
 
         self.optimizer, self.lr_scheduler = optimizers
         self._user_optimizer, self._user_scheduler = optimizers
@@ -1076,6 +1078,20 @@ class Trainer:
         self._wrapped_for = None
         self.optimizer, self.lr_scheduler = self._user_optimizer, self._user_scheduler
         self._adopt_model(model)
+        self._check_label_names(model)
+
+    def _check_label_names(self, model: nn.Module) -> None:
+        """``--label_names`` must name inputs the model's forward takes (unless the loss is computed outside it)."""
+        if self.args.label_names is None or self.compute_loss_func is not None or self.args.label_smoothing_factor:
+            return
+        names, takes_any = forward_parameters(unwrap_compiled(model))
+        missing = [name for name in self.label_names if name not in names]
+        if missing and not takes_any:
+            raise UsageError(
+                f"--label_names {' '.join(self.label_names)}: {type(model).__name__}.forward takes no argument "
+                f"{', '.join(map(repr, missing))} (it takes {', '.join(names) or 'nothing'}); name the inputs that "
+                "hold the labels, or leave label_names unset to find them from the model"
+            )
 
     def _enable_gradient_checkpointing(self) -> None:
         if not self.args.gradient_checkpointing:
