@@ -252,6 +252,13 @@ def _plugins(command: str, rest: list[str]) -> int:
         other_hooks = [h for h in record.hooks if not h.startswith("treadle_register_")]
         if other_hooks:
             print(f"    hooks: {', '.join(other_hooks)}")
+    from treadle.install_hints import not_installed_first_party
+
+    available = not_installed_first_party()
+    if available:
+        print("\nfirst-party plugins in this treadle checkout, not installed:")
+        for distribution, command in available:
+            print(f"    {distribution}: {command}")
     return 0
 
 

@@ -573,7 +573,9 @@ class TreadlePluginManager:
         distribution = get_catalog().distribution_for(kind, name)
         broken = [r for r in self.records.values() if r.status == "broken"]
         if distribution:
-            lines.append(f"To add it: pip install {distribution}")
+            from treadle.install_hints import install_command
+
+            lines.append(f"To add it: {install_command(distribution)}")
         else:
             close = difflib.get_close_matches(name, list(self.registry(kind)) + list(self._aliases.get(kind, {})), n=1)
             if close:

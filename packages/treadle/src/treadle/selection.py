@@ -167,6 +167,11 @@ def build_hub(args: Any, pm: TreadlePluginManager | None = None) -> Any:
     pm = pm or get_plugin_manager()
     names = pm.names("hub")
     if not names:
-        raise UsageError("--push_to_hub: no installed plugin provides a model hub. To add one: pip install treadle-hub")
+        from treadle.catalog import get_catalog
+        from treadle.install_hints import install_command
+
+        hub_plugins = sorted({d for (kind, _), d in get_catalog().install_hints.items() if kind == "hub"})
+        hint = " or ".join(install_command(d) for d in hub_plugins) or "install a plugin that provides a hub"
+        raise UsageError(f"--push_to_hub: no installed plugin provides a model hub. To add one: {hint}")
     spec = pm.resolve("hub", names[0], args)
     return spec.load()(args, **spec.init)

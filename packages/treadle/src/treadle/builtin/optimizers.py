@@ -40,6 +40,7 @@ from typing import Any, Callable, Optional
 import torch
 
 from treadle.errors import PluginError, UsageError
+from treadle.install_hints import install_command
 
 OptimizerChoice = tuple[type, dict[str, Any]]
 
@@ -220,7 +221,7 @@ def _vendor_adam(args: Any, model: Any, optim: str, *, module: str, attr: str, i
 
 
 adamw_torch_xla = _factory(
-    _vendor_adam, "adamw_torch_xla", module="torch_xla.amp.syncfree", attr="AdamW", install="pip install treadle-xla"
+    _vendor_adam, "adamw_torch_xla", module="torch_xla.amp.syncfree", attr="AdamW", install=install_command("treadle-xla")
 )
 adamw_torch_npu_fused = _factory(
     _vendor_adam, "adamw_torch_npu_fused", module="torch_npu.optim", attr="NpuFusedAdamW", install="pip install torch-npu"
