@@ -14,14 +14,15 @@ mistake prints one message and exits 2; nothing here prints a traceback for it.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import sys
 import textwrap
-from typing import Any, Callable, Optional, Sequence
+from typing import Any, Callable, Iterator, Optional, Sequence
 
 from treadle.__about__ import __version__
-from treadle.errors import DEBUG_ENV, TreadleError, UsageError
+from treadle.errors import DEBUG_ENV, DEBUG_HINT, TreadleError, UsageError
 
 COMMANDS: dict[str, str] = {
     "train": "train a model (the builtin demo task unless --task says otherwise)",
@@ -31,6 +32,7 @@ COMMANDS: dict[str, str] = {
     "plugins": "list installed plugins, what they provide, and whether they work",
     "env": "print versions, platform, devices and plugins for a bug report",
     "verify-resume": "train straight and with a stop + resume; report where they first differ",
+    "search": "search hyperparameters: many short trainings, the best values at the end",
 }
 
 USAGE = f"""usage: treadle [--version] [--help] <command> [arguments] [config.yaml ...]
@@ -53,21 +55,37 @@ examples:
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """Entry point of the console script; returns the exit status."""
     argv = list(sys.argv[1:] if argv is None else argv)
+    debug = os.environ.get(DEBUG_ENV, "").strip() not in {"", "0"}
     try:
         return _dispatch(argv)
     except TreadleError as exc:
-        if os.environ.get(DEBUG_ENV, "").strip() not in {"", "0"}:
+        if debug:
             import traceback
 
             traceback.print_exception(exc)
-        _error(str(exc))
+        _error(_rank_prefix() + str(exc))
         return exc.exit_code
+    except Exception as exc:
+        if debug or not _rank_prefix():
+            raise
+        # One of several processes: N interleaved tracebacks help nobody; the launcher names the
+        # rank that failed first, and this line says what happened here.
+        from treadle.run import _where
+
+        _error(f"{_rank_prefix()}{type(exc).__name__}: {exc}{_where(exc)}\n{DEBUG_HINT}")
+        return 1
     except KeyboardInterrupt:
         print("treadle: interrupted", file=sys.stderr)
         return 130
     except BrokenPipeError:  # output piped into `head` and closed: not an error worth a traceback
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
+
+
+def _rank_prefix() -> str:
+    """``"rank N: "`` in a process started by a launcher with others, else empty."""
+    world = os.environ.get("WORLD_SIZE", "1")
+    return f"rank {os.environ.get('RANK', '?')}: " if world.isdigit() and int(world) > 1 else ""
 
 
 def _error(message: str) -> None:
@@ -84,6 +102,7 @@ def _dispatch(argv: list[str]) -> int:
     if argv[0] in {"-V", "--version"}:
         print(f"treadle {__version__}")
         return 0
+    argv = _local_rank_after_command(argv)
     command, rest = argv[0], argv[1:]
     handler = HANDLERS.get(command)
     if handler is None:
@@ -93,6 +112,16 @@ def _dispatch(argv: list[str]) -> int:
         hint = f" Did you mean '{close[0]}'?" if close else ""
         raise UsageError(f"unknown command {command!r}.{hint} Commands: {', '.join(COMMANDS)}")
     return handler(command, rest)
+
+
+def _local_rank_after_command(argv: list[str]) -> list[str]:
+    """The ``deepspeed`` launcher puts ``--local_rank=N`` first (``treadle --local_rank=0 train ...``):
+    move it behind the command, where the ``local_rank`` argument parses."""
+    moved: list[str] = []
+    while argv and argv[0].startswith("--local_rank"):
+        take = 1 if "=" in argv[0] or len(argv) < 2 else 2
+        moved, argv = moved + argv[:take], argv[take:]
+    return argv[:1] + moved + argv[1:] if moved and argv else moved + argv
 
 
 # ---------------------------------------------------------------------------------------------
@@ -105,14 +134,54 @@ def _run(command: str, rest: list[str]) -> int:
         print(training_help(command), end="")
         return 0
     from treadle.config import parse_arguments
+    from treadle.launch import check_launch_options, split_launch_options
 
+    launch_options, rest = split_launch_options(rest)
     extra = {"stop_at": "str", "verbose": "bool"} if command == "verify-resume" else None
+    if launch_options:
+        check_launch_options(launch_options)
+        with _as_launched(launch_options):  # a wrong argument fails once here, not in every process
+            parse_arguments(rest, extra_flags=extra)
+        from treadle.launch import launch
+
+        return launch(launch_options, command, rest)
     parsed = parse_arguments(rest, extra_flags=extra)
     if command == "verify-resume":
         return _verify_resume(parsed)
     from treadle.run import run_command
 
     return run_command(command, parsed.args)
+
+
+@contextlib.contextmanager
+def _as_launched(options: dict[str, str]) -> Iterator[None]:
+    """WORLD_SIZE as the launched processes will see it, while their arguments are checked here
+    (so the strategy several processes imply is resolved, and a missing plugin reported, once)."""
+    nproc, nnodes = options.get("nproc_per_node", "1"), options.get("nnodes", "1")
+    if not (nproc.isdigit() and nnodes.isdigit()):
+        yield
+        return
+    saved = os.environ.get("WORLD_SIZE")
+    os.environ["WORLD_SIZE"] = str(int(nproc) * int(nnodes))
+    try:
+        yield
+    finally:
+        if saved is None:
+            del os.environ["WORLD_SIZE"]
+        else:
+            os.environ["WORLD_SIZE"] = saved
+
+
+def _search(command: str, rest: list[str]) -> int:
+    from treadle.search import SEARCH_FLAGS, SEARCH_HELP, run_search_command
+
+    if _wants_help(rest):
+        print(SEARCH_HELP + "\n" + training_help(command), end="")
+        return 0
+    from treadle.config import parse_arguments
+
+    parsed = parse_arguments(rest, extra_flags=SEARCH_FLAGS)
+    return run_search_command(parsed.args, parsed.extras)
 
 
 def _verify_resume(parsed: Any) -> int:
@@ -269,10 +338,16 @@ def _env(command: str, rest: list[str]) -> int:
 
     pm = get_plugin_manager()
     records = pm.collect_all()
+    from treadle.selection import backend_availability
+
+    backends = backend_availability(pm)  # before the plugins' env lines, which may import their libraries
     print(f"- treadle version: {__version__}")
     for plugin, label, value in pm.report_env():
         prefix = "" if plugin == "treadle" else f"{plugin}: "
         print(f"- {prefix}{label}: {value}")
+    print("- backends (--backend auto takes the first available):")
+    for name, distribution, status in backends:
+        print(f"    - {name} ({distribution}): {status}")
     print("- plugins:")
     for record in records:
         status = "" if record.status == "ok" else f" [{record.status}: {record.error}]"
@@ -288,6 +363,7 @@ HANDLERS: dict[str, Callable[[str, list[str]], int]] = {
     "evaluate": _run,
     "predict": _run,
     "verify-resume": _run,
+    "search": _search,
     "args": _args,
     "plugins": _plugins,
     "env": _env,

@@ -379,6 +379,15 @@ class Strategy(ABC):
     def broadcast_object(self, obj: Any, src: int = 0) -> Any:
         return obj
 
+    def reduce_boolean_decision(self, decision: bool, all: bool = True) -> bool:
+        """One decision for every process: true when all of them (``all``) or any of them decided true.
+
+        The loop asks this wherever processes could disagree and must not (a non-finite loss on
+        one rank skips or halts the step on every rank; a stop requested by a callback on one
+        rank stops them all), so no rank waits in a collective the others left.
+        """
+        return bool(decision)
+
     # checkpoint state --------------------------------------------------------------------------
     def model_state_dict(self, model: torch.nn.Module) -> dict[str, torch.Tensor]:
         """The full (unsharded) model weights, on rank 0 at least."""
@@ -543,7 +552,59 @@ class Reporter:
 
 
 class HubSync(ABC):
-    """Uploads checkpoints and the final model to a model hub."""
+    """Uploads checkpoints and the final model to a model hub (``--push_to_hub``).
+
+    The selected hub is registered with the run's hook caller, like a reporter, and so follows
+    the run: it uploads from ``treadle_on_save`` (checkpoints, held with
+    ``trainer.hold_checkpoint`` until uploaded) and ``treadle_on_model_saved`` (the final
+    model), waits for its uploads at ``treadle_on_train_end`` / ``treadle_on_run_end`` and stops
+    at ``treadle_on_exception``. Only the main process uploads: ``Trainer.push_to_hub`` calls
+    ``push`` there only, and the hook implementations check ``state.is_world_process_zero``.
+    A failed upload is a warning and a line of ``summary()``, never an exception in the loop.
+    """
+
+    name: str = ""
+
+    def __init__(self, args: TrainingArguments) -> None:
+        self.args = args
+        self.trainer: Any = None
+
+    @hookimpl
+    def treadle_on_init_end(self, trainer: Any) -> None:
+        """Remember the Trainer (``push`` reads its state for the model card)."""
+        self.trainer = trainer
+
+    @abstractmethod
+    def push(self, folder: str, *, commit_message: str, blocking: bool = True, **options: Any) -> Any:
+        """Upload ``folder`` to the repository named by the ``hub_*`` arguments.
+
+        ``blocking=False`` returns at once; either way the return value is the upload's handle,
+        whose ``wait()`` blocks until it is done. ``options`` are the plugin's own (``revision``,
+        ``token``, model-card fields).
+        """
+
+    def wait(self, timeout: Optional[float] = None) -> bool:
+        """Block until every upload started so far is finished (at most ``timeout`` seconds);
+        True when none is left."""
+        return True
+
+    def summary(self) -> list[str]:
+        """Lines for the summary ``treadle train`` prints at the end: where the run was pushed,
+        which uploads failed."""
+        return []
+
+
+class SearchBackend(ABC):
+    """A hyperparameter search library (optuna, ...): samples trials, prunes, stores the study.
+
+    ``run`` calls ``objective(trial)`` once per trial with a ``treadle.search.SearchTrial``
+    (number, name, the sampled ``params``, the library's own trial as ``native``, and a
+    ``reporter(value, step) -> bool`` the Trainer calls after each evaluation: return True to
+    prune). ``objective`` trains and evaluates the trial and returns a ``TrialOutcome``
+    (``objectives``, ``metrics``, ``pruned``). ``hp_space`` is the user's function of the native
+    trial, a list of ``treadle.search.Param`` (a search space file), or None for the backend's
+    default space. Return the best runs, one per direction (``[]`` when none completed).
+    """
 
     name: str = ""
 
@@ -551,8 +612,11 @@ class HubSync(ABC):
         self.args = args
 
     @abstractmethod
-    def push(self, folder: str, *, commit_message: str, blocking: bool = True) -> None:
-        """Upload ``folder`` to the repository named by the ``hub_*`` arguments."""
+    def run(
+        self, objective: Callable[[Any], Any], *, n_trials: int, directions: list[str], hp_space: Any,
+        hp_name: Optional[Callable[[Any], str]], **kwargs: Any,
+    ) -> list[Any]:
+        """Run the search; ``kwargs`` are the backend's own options (storage, sampler, ...)."""
 
 
 @dataclass

@@ -105,6 +105,15 @@ def treadle_register_tasks(register: Register) -> None:
     """
 
 
+@hookspec
+def treadle_register_search_backends(register: Register) -> None:
+    """Register hyperparameter search backends (``Trainer.hyperparameter_search(backend=...)``,
+    ``treadle search --search_backend NAME``).
+
+    The target subclasses ``treadle.components.SearchBackend``.
+    """
+
+
 # --------------------------------------------------------------------------------------------
 # Family 2: configuration and environment
 # --------------------------------------------------------------------------------------------

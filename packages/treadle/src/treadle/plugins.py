@@ -47,6 +47,7 @@ COMPONENT_KINDS: dict[str, str] = {
     "reporter": "treadle_register_reporters",
     "hub": "treadle_register_hubs",
     "task": "treadle_register_tasks",
+    "search": "treadle_register_search_backends",
 }
 """Each component kind and the registration hook that fills its registry."""
 
@@ -59,6 +60,7 @@ KIND_PLURALS: dict[str, str] = {
     "reporter": "reporters",
     "hub": "hubs",
     "task": "tasks",
+    "search": "search backends",
 }
 """How messages name several components of a kind."""
 
@@ -71,6 +73,7 @@ SELECTOR_OPTION: dict[str, str] = {
     "reporter": "--report_to",
     "hub": "--push_to_hub",
     "task": "--task",
+    "search": "--search_backend",
 }
 """The argument that selects a component of each kind (used in error messages)."""
 

@@ -26,6 +26,7 @@ import os
 import sys
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Callable, Iterator, Optional, Sequence, Union
 
 import torch
@@ -34,6 +35,7 @@ from torch import nn
 from treadle import checkpoint, lifecycle
 from treadle.batch_size_search import StartingPoint, recorded_batch_size
 from treadle.callbacks import as_hook_plugin, has_hookimpls, plugin_name
+from treadle.checkpoint_holds import CheckpointHolds
 from treadle.components import Backend, NoSyncCapable, Precision, Strategy, scheduler_needs_metric
 from treadle.config import check_arguments
 from treadle.data import (
@@ -49,7 +51,9 @@ from treadle.data import (
     sample_lengths,
 )
 from treadle.errors import TreadleError, UsageError
-from treadle.evaluation import EvalLoopOutput, EvalPrediction, PredictionCollector, PredictionOutput, TrainOutput
+from treadle.evaluation import (
+    EvalLoopOutput, EvalPrediction, PredictionCollector, PredictionOutput, TrainOutput, gather_across,
+)
 from treadle.events import EventDispatcher
 from treadle.flow import FlowPlugin, best_metric_key, option_value
 from treadle.metrics import LossWindow, LossWindowState, TokenCounter, metrics_table, speed_metrics, to_python_number, write_results
@@ -123,6 +127,7 @@ class Trainer:
         optimizer_cls_and_kwargs: Optional[tuple[type, dict[str, Any]]] = None,
         preprocess_logits_for_metrics: Optional[Callable] = None,
     ) -> None:
+        self._constructor_inputs = {k: v for k, v in locals().items() if k not in ("self", "__class__")}
         if args is None:
             from treadle.args import TrainingArguments
 
@@ -182,9 +187,12 @@ class Trainer:
         )
         self.control = TrainerControl()
         self.is_in_train = False
+        self._trial: Any = None
         self.train_dataloader: Any = None
         self.eval_dataloader: Any = None
         self.hub: Any = None
+        self.checkpoint_holds = CheckpointHolds()  # checkpoints a plugin still reads: rotation skips them
+        self._newest_checkpoint: Optional[Path] = None
         self._persistent_loaders: dict[int, tuple[Any, Any]] = {}
         self._neftune_handle: Any = None
 
@@ -360,9 +368,11 @@ class Trainer:
             train_batch_size=self._train_batch_size,
             is_local_process_zero=self.is_local_process_zero(),
             is_world_process_zero=self.is_world_process_zero(),
-            trial_params=dict(trial) if isinstance(trial, dict) else None,
+            trial_params=dict(trial) if isinstance(trial, dict) else _trial_params(trial),
+            trial_name=getattr(trial, "name", None) if trial is not None and not isinstance(trial, dict) else None,
         )
         state.set_intervals(self.args, plan.max_steps)
+        self._trial = trial
         return state
 
     def _configure_step(self) -> None:
@@ -460,7 +470,7 @@ class Trainer:
 
     def _resume(self, resume_from_checkpoint: Any, plan: TrainingPlan) -> None:
         """Restore everything from a checkpoint; keep this run's own layout values."""
-        path = checkpoint.resolve_resume_checkpoint(resume_from_checkpoint, self.args.output_dir)
+        path = checkpoint.resolve_resume_checkpoint(resume_from_checkpoint, self.args.output_dir, self.args)
         if path is None:
             logger.info("no checkpoint to resume from in %s; starting from scratch", self.args.output_dir)
             return
@@ -493,7 +503,7 @@ class Trainer:
         accumulation = self.args.gradient_accumulation_steps
         batches = epoch_iterator(plan.dataloader, epoch, skip_batches)
         if self._process_loader is not None:
-            batches = self._process_loader(batches)
+            batches = iter(self._process_loader(batches))  # one pass: groups of micro-batches share it
         control._new_epoch()
         step_in_epoch = skip_batches // accumulation
         if plan.steps_per_epoch:  # where this epoch starts: 0.0 for the first, the resume point after a resume
@@ -502,6 +512,7 @@ class Trainer:
             state.epoch = float(epoch)
         self._event("epoch_begin")
         steps_done = 0
+        agree_every_step = self._stop_may_differ_per_step()
         for micro_batches in _groups_of(batches, accumulation):
             self._event("step_begin")
             self._run_optimizer_step(micro_batches)
@@ -516,6 +527,10 @@ class Trainer:
             self._event("step_end")
             if control.should_log or control.should_evaluate or control.should_save:
                 self._maybe_log_save_evaluate(ignore_keys_for_eval)
+                if self.strategy.world_size > 1:
+                    self._agree_on_stop()  # early stopping and other on_evaluate / on_log / on_save decisions
+            elif agree_every_step:
+                self._agree_on_stop()
             if control.should_epoch_stop or control.should_training_stop:
                 break
         if plan.steps_per_epoch is None:
@@ -525,6 +540,29 @@ class Trainer:
                 control.should_training_stop = True
         self._event("epoch_end")
         self._maybe_log_save_evaluate(ignore_keys_for_eval)
+        if self.strategy.world_size > 1:
+            self._agree_on_stop()
+
+    def _stop_may_differ_per_step(self) -> bool:
+        """Whether a plugin other than the core's own and the reporters sees every step, and so
+        could ask one process to stop while the others go on (then the ranks agree after each step).
+
+        The core's flow decides the same on every rank, and reporters only report; without
+        such a plugin, agreeing after each log / evaluation / save and each epoch is enough,
+        and a step costs no extra collective.
+        """
+        if self.strategy.world_size == 1:
+            return False
+        step_events = ("step_begin", "substep_end", "pre_optimizer_step", "optimizer_step", "step_end")
+        names = {impl.plugin_name for event in step_events for impl in self.run_hooks.impls(f"treadle_on_{event}")}
+        return any(not name.startswith(("treadle:", "reporter:")) for name in names)
+
+    def _agree_on_stop(self) -> None:
+        """A stop asked for on one process stops every process; otherwise the others would wait
+        forever in the next step's collectives for the one that left."""
+        control, reduce = self.control, self.strategy.reduce_boolean_decision
+        control.should_training_stop = reduce(control.should_training_stop, all=False)
+        control.should_epoch_stop = reduce(control.should_epoch_stop, all=False)
 
     def _run_optimizer_step(self, micro_batches: Sequence[Any]) -> None:
         """Forward and backward over the micro-batches of one step, then clip, check and step."""
@@ -589,12 +627,13 @@ class Trainer:
     # -- NaN / Inf policy (only --nan_inf_policy skip_step|halt pay for a host sync per step) --
 
     def _step_is_finite(self, step_loss: torch.Tensor) -> bool:
+        """Whether the step's loss and gradient norm are finite on every process (then all step, or none)."""
         values = [step_loss.detach().float().reshape(1)]
         if not self._precision_scales_loss:  # a loss scaler skips overflowing steps by itself
             norm = self._grad_norm if self._max_grad_norm is not None else self._gradient_norm()
             if norm is not None:
                 values.append(norm.detach().float().reshape(1).to(values[0].device))
-        return bool(torch.isfinite(torch.cat(values)).all())
+        return self.strategy.reduce_boolean_decision(bool(torch.isfinite(torch.cat(values)).all()), all=True)
 
     def _gradient_norm(self) -> Optional[torch.Tensor]:
         return self.strategy.grad_norm(self.model_wrapped)  # global: a sharded model's local norm would mislead
@@ -639,7 +678,7 @@ class Trainer:
         steps = self.state.global_step - self._loss_window.logged_step
         if steps <= 0:
             return
-        reading = self._loss_window.read(steps)
+        reading = self._loss_window.read(steps, self.strategy)  # the mean over all processes
         logs: dict[str, float] = {"loss": reading.loss}
         if self._grad_norm is not None:
             logs["grad_norm"] = float(self._grad_norm)
@@ -672,13 +711,19 @@ class Trainer:
                     f"return (it returned {', '.join(metrics)}); set --metric_for_best_model"
                 )
             self.lr_scheduler.step(metrics[key])
+        report = getattr(self._trial, "report_metrics", None)  # a hyperparameter search trial: it may be pruned
+        if report is not None and report(metrics, self.state.global_step):
+            logger.info("trial %s pruned at step %d by the search backend", self.state.trial_name, self.state.global_step)
+            self.control.should_training_stop = True
         self.model_wrapped.train()
         self._switch_optimizer_mode("train")
         return metrics
 
     def _save_checkpoint(self, metrics: Optional[dict[str, float]]) -> None:
-        checkpoint_dir = checkpoint.save_checkpoint(self, metrics)
-        self._event("save", checkpoint_dir=str(checkpoint_dir))
+        checkpoint_dir = checkpoint.save_checkpoint(self, metrics, rotate=False)
+        self._newest_checkpoint = checkpoint_dir
+        self._event("save", checkpoint_dir=str(checkpoint_dir))  # before rotation: a plugin may hold what it still reads
+        checkpoint.rotate_after_save(self, checkpoint_dir)
 
     # -- phase 4: finish -------------------------------------------------------------------------
 
@@ -691,7 +736,7 @@ class Trainer:
             checkpoint.load_best_model(self)
         remaining = state.global_step - self._loss_window.logged_step
         if remaining > 0 and self._loss_window.has_data():
-            reading = self._loss_window.read(remaining)
+            reading = self._loss_window.read(remaining, self.strategy)
             if reading.non_finite:
                 self._warn_non_finite(f"{reading.non_finite} micro-batch loss(es) since the last log were NaN or Inf")
         steps_run = state.global_step - plan.start_step
@@ -704,6 +749,8 @@ class Trainer:
             metrics["train_skipped_steps"] = self._skipped_total
         self.log(metrics)
         self._event("train_end")
+        if self.checkpoint_holds.ever_held and self._newest_checkpoint is not None:
+            checkpoint.rotate_after_save(self, self._newest_checkpoint)  # what was held during the last saves
         return TrainOutput(state.global_step, metrics["train_loss"], metrics)
 
     # -- automatic batch size --------------------------------------------------------------------
@@ -732,7 +779,7 @@ class Trainer:
         """The batch size to try first, and the checkpoint to resume from (resolved here, once)."""
         if resume_from_checkpoint in (None, False):
             return self._train_batch_size, resume_from_checkpoint
-        path = checkpoint.resolve_resume_checkpoint(resume_from_checkpoint, self.args.output_dir)
+        path = checkpoint.resolve_resume_checkpoint(resume_from_checkpoint, self.args.output_dir, self.args)
         if path is None:
             return self._train_batch_size, None
         recorded = recorded_batch_size(path, checkpoint.TRAINER_STATE_NAME)
@@ -747,6 +794,36 @@ class Trainer:
         self.train_dataloader = None
         gc.collect()
         self.backend.empty_cache()
+
+    # -- hyperparameter search -------------------------------------------------------------------
+
+    def hyperparameter_search(
+        self,
+        hp_space: Optional[Callable[[Any], dict[str, Any]]] = None,
+        compute_objective: Optional[Callable[[dict[str, float]], Any]] = None,
+        n_trials: int = 100,
+        direction: Union[str, list[str]] = "minimize",
+        backend: Optional[str] = None,
+        hp_name: Optional[Callable[[Any], str]] = None,
+        **kwargs: Any,
+    ) -> Any:
+        """Search hyperparameters with a search backend plugin (``treadle-optuna``).
+
+        Each trial copies the arguments with the values ``hp_space(trial)`` draws, builds the
+        model anew with ``model_init`` (required), trains in ``output_dir/run-<trial>`` and is
+        scored by ``compute_objective(eval metrics)`` (default: the eval loss alone, else the sum
+        of the metrics). ``direction`` is ``"minimize"``/``"maximize"`` or a list of them for
+        several objectives; ``kwargs`` go to the backend (optuna: ``storage``, ``study_name``,
+        ``sampler``, ``pruner``, ``timeout``, ...). Returns the ``BestRun`` (a list of them for
+        several directions); ``self.search_results`` holds every trial of this call.
+        """
+        from treadle.search import hyperparameter_search
+
+        return hyperparameter_search(self, hp_space, compute_objective, n_trials, direction, backend, hp_name, **kwargs)
+
+    def for_trial(self, args: Any) -> Trainer:
+        """A Trainer like this one (same data, model_init, callbacks, ...) with other arguments."""
+        return type(self)(**{**self._constructor_inputs, "args": args, "model": None})
 
     # =========================================================================================
     # Evaluation and prediction
@@ -841,7 +918,8 @@ class Trainer:
             self._event("prediction_step", num_batches=num_batches)
 
         dataset = getattr(dataloader, "dataset", None)
-        observed *= self.strategy.world_size
+        if self.strategy.world_size > 1:  # the ranks' last batches may differ in size: count them all
+            observed = int(self.strategy.all_reduce(torch.tensor(observed, device=self._device), op="sum"))
         num_samples = min(len(dataset), observed) if has_length(dataset) else observed
         losses, predictions, label_ids, inputs = collected.result(num_samples)
         if not per_batch_metrics and self.compute_metrics is not None and predictions is not None and label_ids is not None:
@@ -853,11 +931,8 @@ class Trainer:
         return EvalLoopOutput(predictions, label_ids, metrics, num_samples)
 
     def _gather(self, value: Any) -> Any:
-        if value is None or self.strategy.world_size == 1:
-            return value
-        if isinstance(value, (tuple, list)):
-            return type(value)(self._gather(v) for v in value)
-        return self.strategy.all_gather(value)
+        """Every process's ``value`` for this batch (shapes may differ: padded, gathered, trimmed)."""
+        return gather_across(self.strategy, value, use_gather_object=bool(self.args.eval_use_gather_object))
 
     def prediction_step(
         self, model: nn.Module, inputs: Any, prediction_loss_only: bool, ignore_keys: Optional[list[str]] = None
@@ -1365,16 +1440,40 @@ class Trainer:
         self.state.save_to_json(os.path.join(self.args.output_dir, "trainer_state.json"))
 
     def save_model(self, output_dir: Optional[str] = None, _internal_call: bool = False) -> None:
-        """Save the model's weights (safetensors) and config to ``output_dir`` (default: args.output_dir)."""
-        checkpoint.save_model_files(self, output_dir or self.args.output_dir)
+        """Save the model's weights (safetensors) and config to ``output_dir`` (default: args.output_dir).
 
-    def push_to_hub(self, commit_message: str = "End of training", blocking: bool = True) -> Any:
-        """Save the model to output_dir and upload it with the run's hub plugin (``--push_to_hub``)."""
+        Then ``treadle_on_model_saved`` fires (hub sync uploads from there), except for the
+        ``_internal_call`` save of ``push_to_hub``, which uploads the folder itself.
+        """
+        directory = checkpoint.save_model_files(self, output_dir or self.args.output_dir)
+        if not _internal_call:
+            self._event("model_saved", output_dir=str(directory))
+
+    def hold_checkpoint(self, path: Union[str, os.PathLike]) -> Callable[[], None]:
+        """Keep checkpoint ``path`` from ``save_total_limit`` rotation until ``release()`` is called.
+
+        For a plugin that reads a checkpoint after ``treadle_on_save`` returned (a background
+        upload): rotation skips it while held, and the first rotation after the release (or the
+        end of training) deletes it if it is still beyond the limit. Returns ``release``.
+        """
+        return self.checkpoint_holds.hold(path)
+
+    def push_to_hub(self, commit_message: str = "End of training", blocking: bool = True, **kwargs: Any) -> Any:
+        """Save the model to output_dir and upload it (with a model card) through the run's hub plugin.
+
+        Needs ``--push_to_hub`` and an installed hub plugin. Every process saves (gathering
+        sharded weights may be collective); only the main process uploads, so the others return
+        None. ``blocking=False`` returns at once with the upload's handle (``wait()``); the hub's
+        ``wait()`` waits for every upload. Further keyword arguments (``revision``, ``token``,
+        model-card fields) go to the hub plugin. An upload that fails is a warning, not an error.
+        """
         if self.hub is None:
-            raise UsageError("push_to_hub needs --push_to_hub and an installed hub plugin (pip install treadle-hub)")
-        self.save_model()
+            raise UsageError("push_to_hub needs --push_to_hub and an installed hub plugin (see `treadle plugins`)")
+        self.save_model(_internal_call=True)
+        if not self.is_world_process_zero():
+            return None
         self._event("push_begin", checkpoint_dir=self.args.output_dir)
-        return self.hub.push(self.args.output_dir, commit_message=commit_message, blocking=blocking)
+        return self.hub.push(self.args.output_dir, commit_message=commit_message, blocking=blocking, **kwargs)
 
 
 # =============================================================================================
@@ -1426,6 +1525,11 @@ def _lists_of(iterator: Iterator[Any], size: int) -> Iterator[list[Any]]:
         if not group:
             return
         yield group
+
+
+def _trial_params(trial: Any) -> Optional[dict[str, Any]]:
+    params = getattr(trial, "params", None) if trial is not None else None
+    return dict(params) if isinstance(params, dict) else None
 
 
 def _accepts(method: Callable[..., Any], name: str) -> bool:
