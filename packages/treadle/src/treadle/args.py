@@ -661,10 +661,13 @@ class TrainingArguments:
         """Let the main process (of each node if ``local``) run the block before the others.
 
         Useful for work that fills a cache the replicas then read (e.g. dataset
-        preprocessing). A no-op unless torch.distributed has been initialised, and
-        never imports torch itself.
+        preprocessing). A no-op in a single process. Under a launcher, a task runs before the
+        Trainer (and its strategy) exists, so the process group is started here when none is
+        yet; the strategy then uses that one (``process_group_started_by_treadle``).
         """
         dist = sys.modules.get("torch.distributed")
+        if self.world_size > 1 and os.environ.get("MASTER_ADDR"):
+            dist = self._start_process_group()
         active = dist is not None and self.world_size > 1 and dist.is_available() and dist.is_initialized()
         is_main = (self.local_process_index if local else self.process_index) == 0
         if active and not is_main:
@@ -676,6 +679,20 @@ class TrainingArguments:
             if active and is_main:
                 logger.debug("main process %d finished %s, releasing replicas", self.process_index, desc)
                 dist.barrier()
+
+    def _start_process_group(self):
+        import datetime
+
+        import torch.distributed as dist
+
+        if dist.is_available() and not dist.is_initialized():
+            # backend None: torch's default for this machine (gloo for the CPU, nccl for CUDA)
+            dist.init_process_group(
+                self.ddp_backend, init_method="env://", rank=self.process_index, world_size=self.world_size,
+                timeout=datetime.timedelta(seconds=self.ddp_timeout or 1800),
+            )
+            self.__dict__["process_group_started_by_treadle"] = True
+        return dist
 
     def get_warmup_steps(self, num_training_steps: int) -> int:
         """Warmup length in steps for a run of ``num_training_steps``.

@@ -97,6 +97,62 @@ def pad_and_concat(parts: list[Any], pad_index: int = PAD_INDEX) -> Any:
     return out
 
 
+# ---------------------------------------------------------------------------------------------
+# Gathering across processes (each rank evaluates its own share of the batches)
+# ---------------------------------------------------------------------------------------------
+
+
+def gather_across(strategy: Any, value: Any, use_gather_object: bool = False, pad_index: int = PAD_INDEX) -> Any:
+    """Every process's ``value`` (tensors, nested in tuples / lists / dicts), concatenated along dim 0.
+
+    Ranks may hold different shapes: the last batch is shorter on some, and sequence lengths
+    differ with dynamic padding. Tensors are padded to the largest shape, gathered, and each
+    rank's rows trimmed back, so the result has exactly the rows the ranks had, in rank order
+    (the extra columns carry ``pad_index``, as when batches of one process are concatenated).
+    ``use_gather_object`` (``--eval_use_gather_object``) pickles values instead, so outputs
+    that are not tensors (strings, lists of ids) can be gathered too.
+    """
+    if value is None or strategy.world_size == 1:
+        return value
+    if use_gather_object:
+        return _combine(strategy.all_gather_object(nested_map(_to_host, value)), pad_index)
+    if isinstance(value, (tuple, list)):
+        return type(value)(gather_across(strategy, v, pad_index=pad_index) for v in value)
+    if isinstance(value, dict):
+        return {k: gather_across(strategy, v, pad_index=pad_index) for k, v in value.items()}
+    return _gather_padded(strategy, value, pad_index)
+
+
+def _gather_padded(strategy: Any, tensor: torch.Tensor, pad_index: int) -> torch.Tensor:
+    tensor = _at_least_1d(tensor)
+    shapes = strategy.all_gather(torch.tensor([tensor.shape], device=tensor.device))  # (world, ndim)
+    if bool((shapes == shapes[0]).all()):
+        return strategy.all_gather(tensor)
+    target = [int(n) for n in shapes.max(dim=0).values]
+    padded = tensor.new_full(target, pad_index)
+    padded[tuple(slice(0, n) for n in tensor.shape)] = tensor
+    chunks = strategy.all_gather(padded).split(target[0])
+    return torch.cat([chunk[: int(rows)] for chunk, rows in zip(chunks, shapes[:, 0])])
+
+
+def _to_host(value: Any) -> Any:
+    return value.detach().cpu() if isinstance(value, torch.Tensor) else value
+
+
+def _combine(parts: list[Any], pad_index: int) -> Any:
+    """One value from every rank's (pickled) value: tensors concatenated, lists joined."""
+    first = parts[0]
+    if isinstance(first, torch.Tensor):
+        return pad_and_concat(parts, pad_index)
+    if isinstance(first, dict):
+        return {k: _combine([p[k] for p in parts], pad_index) for k in first}
+    if isinstance(first, tuple):
+        return tuple(_combine([p[i] for p in parts], pad_index) for i in range(len(first)))
+    if isinstance(first, list):
+        return [item for part in parts for item in part]
+    return parts
+
+
 def to_numpy(obj: Any) -> Any:
     def convert(t: Any) -> Any:
         if isinstance(t, torch.Tensor):

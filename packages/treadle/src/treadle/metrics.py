@@ -9,6 +9,7 @@ logs the same losses and the same ``train_loss`` as the run that never stopped.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import time
@@ -70,13 +71,22 @@ class LossWindow:
     def has_data(self) -> bool:
         return bool(self.pending) or self._folded is not None
 
-    def read(self, steps: int) -> WindowReading:
-        """Summarise and clear the window covering ``steps`` optimizer steps (one host sync)."""
+    def read(self, steps: int, strategy: Any = None) -> WindowReading:
+        """Summarise and clear the window covering ``steps`` optimizer steps (one host sync).
+
+        With a ``strategy`` of several processes (every rank reads at the same step), the
+        window's sums are added over the ranks first: the loss is the mean over all of them.
+        """
         if self.pending:
             self._fold()
         if self._folded is None or steps <= 0:
             return WindowReading(float("nan"), 0, steps)
-        finite_sum, finite_count, raw_sum = (v.item() for v in self._folded)
+        replicas = 1 if strategy is None else strategy.world_size
+        if replicas > 1:
+            sums = strategy.all_reduce(torch.stack([v.double() for v in self._folded]), op="sum") / replicas
+            finite_sum, finite_count, raw_sum = (v.item() for v in sums)
+        else:
+            finite_sum, finite_count, raw_sum = (v.item() for v in self._folded)
         count, self._count, self._folded = self._count, 0, None
         if self.filter_non_finite and finite_count > 0:
             loss = finite_sum * (count / finite_count) / steps
@@ -89,9 +99,14 @@ class LossWindow:
     def mean_train_loss(self) -> float:
         return self.total_loss / self.total_steps if self.total_steps else float("nan")
 
-    def state_dict(self) -> dict[str, Any]:
-        """The window as it is (not folded: a resumed run then sums the losses in the same order)."""
-        return {
+    def state_dict(self, strategy: Any = None) -> dict[str, Any]:
+        """The window as it is (not folded: a resumed run then sums the losses in the same order).
+
+        With several processes each rank's window differs (its own micro-batches), while one
+        file is written: the windows are gathered into rows, one per rank (``per_rank``), and
+        each rank takes its own row back on load. Every rank calls this at the same step.
+        """
+        state = {
             "pending": torch.stack(self.pending) if self.pending else None,
             "folded": list(self._folded) if self._folded is not None else None,
             "count": self._count,
@@ -99,9 +114,19 @@ class LossWindow:
             "total_steps": self.total_steps,
             "logged_step": self.logged_step,
         }
+        if strategy is not None and strategy.world_size > 1:
+            rows = functools.partial(_rows_per_rank, strategy)
+            state["pending"] = None if state["pending"] is None else rows(state["pending"])
+            state["folded"] = None if self._folded is None else rows(torch.stack([v.double() for v in self._folded]))
+            state["per_rank"] = True
+        return state
 
-    def load_state_dict(self, state: Mapping[str, Any], device: Any = None) -> None:
+    def load_state_dict(self, state: Mapping[str, Any], device: Any = None, rank: int = 0) -> None:
         pending, folded = state["pending"], state["folded"]
+        if state.get("per_rank"):
+            pending = None if pending is None else pending[rank]
+            if folded is not None:  # back to the dtypes _fold makes: float sums, an integer count
+                folded = [folded[rank][0].float(), folded[rank][1].long(), folded[rank][2].float()]
         self.pending = [] if pending is None else list(pending.to(device).unbind(0))
         self._folded = None if folded is None else tuple(v.to(device) for v in folded)  # type: ignore[assignment]
         self._count = int(state["count"])
@@ -123,15 +148,20 @@ class LossWindowState:
         self._window = window  # the Trainer makes a new window for each train()
 
     @hookimpl
-    def treadle_checkpoint_state(self) -> dict[str, Any]:
-        return self._window().state_dict()
+    def treadle_checkpoint_state(self, trainer: Any) -> dict[str, Any]:
+        return self._window().state_dict(getattr(trainer, "strategy", None))
 
     @hookimpl
     def treadle_load_checkpoint_state(self, trainer: Any, states: Mapping[str, Any]) -> None:
         saved = states.get(self.name)
         if saved is not None:
             device = getattr(trainer.strategy, "root_device", None) or "cpu"
-            self._window().load_state_dict(saved, device=device)
+            self._window().load_state_dict(saved, device=device, rank=trainer.strategy.global_rank)
+
+
+def _rows_per_rank(strategy: Any, tensor: torch.Tensor) -> torch.Tensor:
+    """``(world_size, n)``: every rank's 1-D ``tensor`` as one row (all ranks hold the same n)."""
+    return strategy.all_gather(tensor.reshape(1, -1)).reshape(strategy.world_size, -1).cpu()
 
 
 def speed_metrics(

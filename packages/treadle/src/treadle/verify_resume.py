@@ -23,6 +23,8 @@ import hashlib
 import json
 import logging
 import math
+import os
+import shutil
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -197,8 +199,25 @@ def verify_resume(
     with _treadle_log_level_kept():
         if workdir is not None:
             return _compare_runs(args, stop_at, build, Path(workdir), trainer_cls, say)
+        shared = _shared_workdir()
+        if shared is not None:
+            try:
+                return _compare_runs(args, stop_at, build, shared, trainer_cls, say)
+            finally:
+                if os.environ.get("RANK", "0") == "0":  # the others are done with it: the last save was collective
+                    shutil.rmtree(shared, ignore_errors=True)
         with tempfile.TemporaryDirectory(prefix="treadle-verify-resume-") as tmp:
             return _compare_runs(args, stop_at, build, Path(tmp), trainer_cls, say)
+
+
+def _shared_workdir() -> Optional[Path]:
+    """Under a launcher, one directory for all processes (rank 0 writes the checkpoint the others
+    resume from), named after the launcher's run; None for a single process (a private temp dir)."""
+    world = os.environ.get("WORLD_SIZE", "1")
+    if not world.isdigit() or int(world) <= 1:
+        return None
+    run = os.environ.get("TORCHELASTIC_RUN_ID") or f"{os.environ.get('MASTER_ADDR', '')}-{os.environ.get('MASTER_PORT', '')}"
+    return Path(tempfile.gettempdir()) / f"treadle-verify-resume-{run}"
 
 
 def _quiet(args: Any) -> Any:
@@ -301,7 +320,7 @@ def _find_first_difference(report: ResumeReport, straight_weights: dict, resumed
             return
         for quantity in COMPARED:
             a, b = getattr(expected, quantity), getattr(got, quantity)
-            if a != b:
+            if a != b and not (isinstance(a, float) and _same_number(a, b)):  # a NaN loss equals a NaN loss here
                 report.step, report.quantity = expected.step, quantity
                 hint = " (training is not deterministic even without a resume)" if expected.step <= report.stop_at else ""
                 report.first_difference = f"step {expected.step} ({where}): {quantity} differs: straight {a}, resumed {b}{hint}"

@@ -1,0 +1,150 @@
+"""treadle-ddp with real processes: 2 ranks over gloo on the CPU, started the ways users start them.
+
+Each multi-process test is one launch (a few seconds, most of it Python and torch starting up).
+The reference is one process with the batch both ranks see together: 2 ranks x 8 samples (or
+2 x 4 x 2 accumulation micro-batches) must end with its weights, log its losses and gather its
+evaluation outputs, within float tolerance (the sums are added in another order).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+HERE = Path(__file__).resolve().parent
+TREADLE = [sys.executable, "-m", "treadle"]
+COMMON = [
+    "--task", "ddp_task:build", "--max_steps", "4", "--optim", "sgd", "--learning_rate", "0.5",
+    "--eval_strategy", "steps", "--eval_steps", "4", "--per_device_eval_batch_size", "4",
+    "--logging_steps", "1", "--save_steps", "2", "--disable_tqdm", "--seed", "7",
+]
+TOLERANCE = dict(rtol=1e-5, atol=1e-6)
+
+
+def run(argv: list[str], timeout: float = 240, **env: str) -> subprocess.CompletedProcess:
+    # a clean start: not inside a launcher, and the ddp plugin loaded through its entry point (only it)
+    launched = ("WORLD_SIZE", "RANK", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT", "TORCHELASTIC_RUN_ID",
+                "TREADLE_DISABLE_PLUGIN_AUTOLOAD")
+    environ = {name: value for name, value in os.environ.items() if name not in launched}
+    path = os.pathsep.join(filter(None, [str(HERE), os.environ.get("PYTHONPATH")]))
+    environ.update(OMP_NUM_THREADS="1", PYTHONPATH=path, TREADLE_PLUGINS="ddp", **env)
+    return subprocess.run(argv, capture_output=True, text=True, timeout=timeout, env=environ)
+
+
+def ok(result: subprocess.CompletedProcess) -> subprocess.CompletedProcess:
+    assert result.returncode == 0, f"exit {result.returncode}\n{result.stdout[-3000:]}\n{result.stderr[-6000:]}"
+    return result
+
+
+def weights(output_dir: Path) -> dict[str, torch.Tensor]:
+    return load_file(str(output_dir / "model.safetensors"))
+
+
+def history(output_dir: Path) -> list[dict]:
+    return json.loads((output_dir / "trainer_state.json").read_text())["log_history"]
+
+
+def train_losses(output_dir: Path) -> list[float]:
+    return [entry["loss"] for entry in history(output_dir) if "loss" in entry]
+
+
+def eval_metrics(output_dir: Path) -> dict[str, float]:
+    entry = next(e for e in history(output_dir) if "eval_loss" in e)
+    return {k: v for k, v in entry.items() if k.startswith("eval_") and not k.endswith(("runtime", "per_second"))}
+
+
+def assert_same_training(got: Path, expected: Path) -> None:
+    got_weights, expected_weights = weights(got), weights(expected)
+    assert got_weights.keys() == expected_weights.keys()
+    for name in expected_weights:
+        torch.testing.assert_close(got_weights[name], expected_weights[name], **TOLERANCE, msg=name)
+    assert train_losses(got) == pytest.approx(train_losses(expected), rel=1e-5)  # the mean over both ranks
+    got_eval, expected_eval = eval_metrics(got), eval_metrics(expected)
+    assert got_eval.keys() == expected_eval.keys()
+    assert got_eval == pytest.approx(expected_eval, rel=1e-5)
+    assert expected_eval["eval_rows"] == 21  # every sample once: the padded-out repeats were trimmed
+
+
+@pytest.fixture(scope="module")
+def one_process(tmp_path_factory) -> Path:
+    """The reference: one process, batch 16 (what the two ranks see together per step)."""
+    output_dir = tmp_path_factory.mktemp("one-process")
+    ok(run([*TREADLE, "train", *COMMON, "--per_device_train_batch_size", "16", "--output_dir", str(output_dir)]))
+    return output_dir
+
+
+def test_nproc_per_node_trains_like_one_process(one_process, tmp_path):
+    """`treadle train --nproc_per_node 2`: same weights, logged losses and evaluation as one process.
+
+    Also: the task's main_process_first block runs on rank 0 before the other rank enters it;
+    only rank 0 prints the summary; rank 1 logs at log_level_replica.
+    """
+    output_dir, cache = tmp_path / "out", tmp_path / "cache"
+    cache.mkdir()
+    argv = [*COMMON, "--task", "ddp_task:build_with_shared_cache", "--per_device_train_batch_size", "8",
+            "--output_dir", str(output_dir), "--log_level", "info", "--log_level_replica", "error"]
+    result = ok(run([*TREADLE, "train", "--nproc_per_node", "2", *argv], DDP_TEST_CACHE=str(cache)))
+    assert_same_training(output_dir, one_process)
+    assert result.stdout.count("trained 4 steps") == 1
+    assert (cache / "level-0").read_text() == "INFO" and (cache / "level-1").read_text() == "ERROR"
+    manifest = json.loads((output_dir / "checkpoint-4" / "manifest.json").read_text())
+    assert manifest["world_size"] == 2 and manifest["strategy"] == "ddp"
+
+
+def test_torchrun_with_accumulation_and_gather_object(one_process, tmp_path):
+    """`torchrun -m treadle train`: 2 ranks x 4 samples x 2 micro-batches (no_sync on the first) equal
+    one process with 16; the loss divides by the items of both ranks (average_tokens_across_devices);
+    evaluation gathers with pickled objects (eval_use_gather_object) and still gets the same outputs."""
+    output_dir = tmp_path / "out"
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", "treadle"]
+    argv = [*COMMON, "--per_device_train_batch_size", "4", "--gradient_accumulation_steps", "2",
+            "--eval_use_gather_object", "--output_dir", str(output_dir)]
+    ok(run([*torchrun, "train", *argv]))
+    assert_same_training(output_dir, one_process)
+
+
+def test_failed_rank_ends_the_run_and_the_checkpoint_resumes(one_process, tmp_path):
+    """Rank 1 raising at step 3 ends both processes with a message naming it; checkpoint-2 is intact
+    and a 2-rank resume from it finishes like the uninterrupted run."""
+    output_dir = tmp_path / "out"
+    argv = [*TREADLE, "train", "--nproc_per_node", "2", *COMMON, "--per_device_train_batch_size", "8",
+            "--output_dir", str(output_dir)]
+    failed = run(argv, DDP_TEST_FAIL_RANK="1", DDP_TEST_FAIL_STEP="3")
+    assert failed.returncode != 0
+    assert "rank 1: RuntimeError: rank 1 fails at step 3 on purpose" in failed.stderr
+    assert "the run failed: rank 1 (local rank 1" in failed.stderr
+    assert "Traceback" not in failed.stderr
+    assert sorted(p.name for p in output_dir.iterdir() if "checkpoint" in p.name) == ["checkpoint-2"]
+
+    ok(run([*argv, "--resume_from_checkpoint", "true"]))
+    assert_same_training(output_dir, one_process)
+
+
+def test_two_rank_resume_is_exact(tmp_path):
+    """verify-resume in both processes: stopped at step 2 and resumed equals straight, bit for bit."""
+    argv = [*TREADLE, "verify-resume", "--nproc_per_node", "2", *COMMON, "--per_device_train_batch_size", "8",
+            "--stop_at", "2", "--output_dir", str(tmp_path / "out")]
+    result = ok(run(argv))
+    assert result.stdout.count("identical:") == 2, result.stdout
+
+
+def test_launcher_options_inside_a_launched_process_are_refused(tmp_path):
+    result = run([*TREADLE, "train", "--nproc_per_node", "2", "--output_dir", str(tmp_path)], WORLD_SIZE="2", RANK="0")
+    assert result.returncode == 2
+    assert "was itself started by a launcher (WORLD_SIZE=2)" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_several_processes_with_strategy_single_are_refused(tmp_path):
+    env = {"WORLD_SIZE": "2", "RANK": "0", "LOCAL_RANK": "0", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": "1"}
+    result = run([*TREADLE, "train", "--strategy", "single", "--max_steps", "1", "--output_dir", str(tmp_path)], **env)
+    assert result.returncode == 2
+    assert "strategy 'single' trains in one process, but a launcher started 2" in result.stderr
+    assert "Traceback" not in result.stderr
