@@ -58,10 +58,12 @@ def test_the_loop_marks_each_step_and_each_eval_batch(tmp_path):
     assert backend.step_ends == before + eval_batches
 
 
-def test_training_with_the_counting_backend_matches_the_cpu_backend(tmp_path):
+@pytest.mark.parametrize("accumulation", [1, 3])
+def test_training_with_the_counting_backend_matches_the_cpu_backend(tmp_path, accumulation):
+    """With accumulation the loop reads micro-batches in groups from one pass over the wrapped loader."""
     losses = {}
     for name in ("counting", "cpu"):
-        trainer = demo_trainer(demo_args(tmp_path / name, backend=name))
+        trainer = demo_trainer(demo_args(tmp_path / name, backend=name, gradient_accumulation_steps=accumulation))
         trainer.train()
         losses[name] = [entry["loss"] for entry in trainer.state.log_history if "loss" in entry]
     assert losses["counting"] == losses["cpu"] and len(losses["cpu"]) == 3

@@ -72,6 +72,28 @@ def selected_backend(args: Any) -> Backend:
     return spec.load()(args, **spec.init)
 
 
+def backend_availability(pm: TreadlePluginManager | None = None) -> list[tuple[str, str, str]]:
+    """``(name, distribution, "available" | "not available: why")`` per installed backend, in ``auto`` order.
+
+    For ``treadle env``: loads each backend class (so it imports torch and the backend's module)
+    and asks it; a backend that fails to load says so instead of stopping the others.
+    """
+    pm = pm or get_plugin_manager()
+    rows = []
+    for spec in pm.registry("backend").values():
+        missing = spec.missing_requirements()
+        if missing:
+            status = f"not available: {', '.join(missing)} not installed"
+        else:
+            try:
+                reason = spec.load().unavailable_reason()
+                status = "available" if reason is None else f"not available: {reason}"
+            except Exception as exc:  # a plugin whose module cannot load is one line, not a crash
+                status = f"broken: {exc}"
+        rows.append((spec.name, spec.distribution, status))
+    return rows
+
+
 def _names(spec: ComponentSpec) -> set[str]:
     return {spec.name, *spec.aliases}
 
