@@ -686,8 +686,8 @@ class Trainer:
         if reading.non_finite:
             logs["non_finite_losses"] = reading.non_finite
             self._warn_non_finite(f"{reading.non_finite} micro-batch loss(es) in the last {steps} step(s) were NaN or Inf")
-        if "grad_norm" in logs and not math.isfinite(logs["grad_norm"]):
-            self._warn_non_finite(f"the gradient norm is {logs['grad_norm']}")
+        if "grad_norm" in logs and not math.isfinite(logs["grad_norm"]) and not self._precision_scales_loss:
+            self._warn_non_finite(f"the gradient norm is {logs['grad_norm']}")  # (a loss scaler reports its overflows itself)
         if self._skipped_in_window:
             logs["skipped_steps"] = self._skipped_in_window
             self._skipped_in_window = 0
