@@ -97,3 +97,22 @@ def model_files(output_dir: str) -> list[str]:
         return []
     names = sorted(os.listdir(output_dir))
     return [os.path.join(output_dir, n) for n in names if os.path.isfile(os.path.join(output_dir, n)) and not _RUN_RECORDS.match(n)]
+
+
+def unreachable(url: str, timeout: float = 3.0) -> Optional[str]:
+    """Why the HTTP server at ``url`` cannot be reached within ``timeout`` seconds; None when it answers.
+
+    Any HTTP answer counts (a 404 still proves the server is there). Reporters probe their
+    tracking server with it before the run, because the vendor clients retry for minutes.
+    """
+    import urllib.error
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(url, timeout=timeout):
+            return None
+    except urllib.error.HTTPError:
+        return None
+    except (urllib.error.URLError, OSError, ValueError) as exc:
+        reason = getattr(exc, "reason", exc)
+        return str(reason) or type(exc).__name__
