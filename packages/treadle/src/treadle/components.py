@@ -41,6 +41,10 @@ class Backend(ABC):
     """``TrainingArguments.parallel_mode`` for a backend with its own replica model (XLA: 'tpu');
     None lets the process count decide."""
 
+    distributed_backend: Optional[str] = None
+    """The torch.distributed backend a process group on this device uses unless ``--ddp_backend``
+    says otherwise (cuda: nccl); None leaves it to the strategy (gloo for host tensors)."""
+
     places_batches: bool = True
     """Whether the loop hands each batch to ``move_batch``. False where batches are already on the
     device when the loader yields them (the CPU: host tensors are where the model is)."""

@@ -60,8 +60,10 @@ class ProcessGroupStrategy(Strategy):
         return self._local_rank
 
     def process_group_backend(self) -> str:
-        """``--ddp_backend``, else the usual backend for the device (nccl for CUDA, gloo for the CPU)."""
-        return self.args.ddp_backend or DEFAULT_BACKENDS.get(self.root_device.type, "gloo")
+        """``--ddp_backend``, else the backend's choice (``Backend.distributed_backend``: nccl for CUDA),
+        else the usual one for the device type (gloo for the CPU)."""
+        return (self.args.ddp_backend or getattr(self.backend, "distributed_backend", None)
+                or DEFAULT_BACKENDS.get(self.root_device.type, "gloo"))
 
     def setup_environment(self) -> None:
         """Pick the device, then join the process group (or adopt one that is already there)."""
