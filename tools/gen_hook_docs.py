@@ -13,10 +13,12 @@ FAMILIES = [
     ("Registration", lambda n: n.startswith(("treadle_register_", "treadle_add_"))),
     ("Configuration and environment", lambda n: n in {
         "treadle_extend_catalog", "treadle_adjust_arguments", "treadle_validate_arguments", "treadle_resolve_component",
-        "treadle_select_default", "treadle_report_env"}),
+        "treadle_select_default", "treadle_render_model_card", "treadle_report_env"}),
     ("Lifecycle", lambda n: n.startswith("treadle_on_")),
-    ("Checkpoint state", lambda n: "checkpoint_state" in n),
+    ("Checkpoint state", lambda n: "checkpoint_state" in n or n == "treadle_fetch_checkpoint"),
 ]
+OTHER = "Other hooks"
+"""Where a hook no family claims is listed, so the page never leaves one out."""
 
 
 def signature(func) -> str:
@@ -32,7 +34,9 @@ def render() -> str:
         "Implement a hook with `from treadle import hookimpl`; an implementation may accept only",
         "the arguments it uses.",
     ]
-    for title, belongs in FAMILIES:
+    claimed = {name for name, _ in hooks if any(belongs(name) for _, belongs in FAMILIES)}
+    families = FAMILIES + ([(OTHER, lambda n: n not in claimed)] if len(claimed) < len(hooks) else [])
+    for title, belongs in families:
         out += ["", f"## {title}"]
         for name, func in hooks:
             if belongs(name):

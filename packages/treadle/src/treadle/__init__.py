@@ -15,6 +15,10 @@ from treadle.markers import hookimpl
 _LAZY = {
     "Trainer": "treadle.trainer",
     "TrainingArguments": "treadle.args",
+    "Seq2SeqTrainer": "treadle.seq2seq",
+    "Seq2SeqTrainingArguments": "treadle.seq2seq",
+    "BestRun": "treadle.search",
+    "SearchBackend": "treadle.components",
     "TrainerState": "treadle.state",
     "TrainerControl": "treadle.state",
     "TreadleArgumentParser": "treadle.config",

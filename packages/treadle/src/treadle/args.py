@@ -52,6 +52,7 @@ OPTIMIZER = "Optimizer"
 SCHEDULE = "Learning-rate schedule"
 LOGGING = "Logging"
 EVALUATION = "Evaluation"
+GENERATION = "Generation (Seq2SeqTrainer)"
 CHECKPOINTS = "Checkpoints"
 PRECISION = "Precision"
 DISTRIBUTED = "Distributed and devices"
@@ -62,7 +63,7 @@ PLUGINS = "Plugins"
 MISC = "Misc"
 DEPRECATED = "Deprecated aliases"
 GROUPS = (
-    OUTPUT, TRAINING, DATA, OPTIMIZER, SCHEDULE, LOGGING, EVALUATION, CHECKPOINTS,
+    OUTPUT, TRAINING, DATA, OPTIMIZER, SCHEDULE, LOGGING, EVALUATION, GENERATION, CHECKPOINTS,
     PRECISION, DISTRIBUTED, SPEED, HUB, REPORTING, PLUGINS, MISC, DEPRECATED,
 )  # fmt: skip
 
@@ -240,6 +241,9 @@ class TrainingArguments:
         False, EVALUATION, "Call compute_metrics on every batch and once at the end, instead of keeping all logits."
     )
     prediction_loss_only: bool = _f(False, EVALUATION, "During evaluation and prediction, return only the loss.")
+    use_legacy_prediction_loop: bool = _f(
+        False, EVALUATION, "Route evaluate/predict through Trainer.prediction_loop (for subclasses that override it)."
+    )
     include_for_metrics: list[str] = _f(
         None, EVALUATION, "Extra data passed to compute_metrics: inputs, loss.", choices=rules.METRIC_INPUTS, factory=list
     )
@@ -248,6 +252,21 @@ class TrainingArguments:
     )
     greater_is_better: Optional[bool] = _f(
         None, EVALUATION, "Whether a larger metric_for_best_model is better; by default false for names ending in 'loss'."
+    )
+    predict_with_generate: bool = _f(
+        False, GENERATION, "Seq2SeqTrainer: evaluate and predict with model.generate, for metrics on generated text."
+    )
+    generation_max_length: Optional[int] = _f(
+        None, GENERATION, "Seq2SeqTrainer: max_length of generate during evaluation; unset uses the model's own default."
+    )
+    generation_num_beams: Optional[int] = _f(
+        None, GENERATION, "Seq2SeqTrainer: num_beams of generate during evaluation; unset uses the model's own default."
+    )
+    generation_config: Union[dict, str, None] = _f(
+        None, GENERATION, "Seq2SeqTrainer: generation settings: a directory or file of a GenerationConfig, or a dict."
+    )
+    sortish_sampler: bool = _f(
+        False, GENERATION, "Seq2SeqTrainer: batch training samples of similar length (less padding), shuffled in chunks."
     )
 
     # ------------------------------------------------------------------ Checkpoints

@@ -76,6 +76,8 @@ class Catalog:
         """(kind, name) -> the distribution that provides it."""
         self.alias_selections: dict[str, tuple[str, str]] = {}
         """old flag -> (kind, name) it selects when true (``use_mps_device`` -> backend mps)."""
+        self.library_hints: dict[tuple[str, str], str] = {}
+        """(kind, name) -> how to get the library a component needs when no treadle plugin ships it yet."""
         self.eval_precisions: dict[str, str] = {}
         """full-evaluation flag -> the precision evaluation runs in (``fp16_full_eval`` -> fp16-true)."""
 
@@ -134,6 +136,8 @@ def _seed_catalog() -> Catalog:
     catalog.imply("strategy", "ddp", _world_size, strength=1)
     catalog.defaults["strategy"] = ("single", "default: one process, no fsdp/deepspeed config")
     catalog.eval_precisions.update(fp16_full_eval="fp16-true", bf16_full_eval="bf16-true")
+    catalog.imply("kernel", "liger", _flag("use_liger_kernel"), field="use_liger_kernel")
+    catalog.library_hints[("kernel", "liger")] = "pip install liger-kernel, which needs a CUDA GPU and Triton"
     catalog.alias_selections["use_mps_device"] = ("backend", "mps")
     catalog.alias_selections["tpu_num_cores"] = ("backend", "xla")
     for kind, name, distribution in (

@@ -100,6 +100,18 @@ class Backend(ABC):
     def empty_cache(self) -> None:
         """Release cached device memory (``torch_empty_cache_steps``)."""
 
+    def memory_stats(self) -> dict[str, int]:
+        """This process's device memory in bytes, for the ``*_mem_gpu_*`` metrics (``--skip_memory_metrics false``).
+
+        Keys: ``allocated`` (held by tensors now) and ``peak`` (the most held since the last
+        ``reset_peak_memory_stats``). Empty (the default) where the device has no memory of its own
+        to report: the CPU's is the process's memory, which the core measures itself.
+        """
+        return {}
+
+    def reset_peak_memory_stats(self) -> None:
+        """Start a new peak for ``memory_stats()["peak"]`` (called when a measured stage begins)."""
+
     def rng_state(self) -> dict[str, torch.Tensor]:
         """Device RNG state to keep in a checkpoint (the CPU generator is saved by the core)."""
         return {}
@@ -596,6 +608,18 @@ class HubSync(ABC):
         """Lines for the summary ``treadle train`` prints at the end: where the run was pushed,
         which uploads failed."""
         return []
+
+    def init_repo(self, token: Optional[str] = None) -> Any:
+        """Create (or find) the repository now and return its id (``Trainer.init_hf_repo``);
+        uploads otherwise create it on first use."""
+        raise NotImplementedError(f"hub {self.name!r} cannot create its repository ahead of the first upload")
+
+    def init_repo(self, token: Optional[str] = None) -> Any:
+        """Create the repository named by the ``hub_*`` arguments if it does not exist; return its
+        id or URL (``Trainer.init_hf_repo``)."""
+        from treadle.errors import UsageError
+
+        raise UsageError(f"hub plugin {self.name!r} cannot create repositories")
 
 
 class SearchBackend(ABC):

@@ -642,7 +642,7 @@ def selection_problems(args: Any, pm: Any) -> list[str]:
     """Check that every component the arguments select is provided by an installed plugin."""
     from treadle.errors import PluginError
     from treadle.plugins import SELECTOR_OPTION
-    from treadle.selection import resolve_eval_precision
+    from treadle.selection import kernel_problem, kernel_selections, resolve_eval_precision
 
     wanted: list[tuple[str, Any]] = [
         ("backend", args.backend if args.backend != "auto" else None),
@@ -675,6 +675,10 @@ def selection_problems(args: Any, pm: Any) -> list[str]:
         resolve_eval_precision(args, pm)
     except PluginError as exc:
         problems.append(str(exc).replace("\n", "\n    "))
+    for name, flag in kernel_selections(args):
+        problem = kernel_problem(args, pm, name, flag)
+        if problem:
+            problems.append(problem)
     return problems
 
 

@@ -96,6 +96,16 @@ def treadle_register_hubs(register: Register) -> None:
 
 
 @hookspec
+def treadle_register_kernels(register: Register) -> None:
+    """Name the kernel sets this plugin provides (e.g. ``liger``, selected by ``--use_liger_kernel``).
+
+    The target is a function ``(model, **kernel_config) -> None`` that swaps the kernels into the
+    model in place; it gets the user's ``--liger_kernel_config`` as keyword arguments. It runs when
+    the Trainer takes the model, before the strategy wraps it.
+    """
+
+
+@hookspec
 def treadle_register_tasks(register: Register) -> None:
     """Name the tasks this plugin provides (selected by ``--task``).
 
@@ -166,6 +176,16 @@ def treadle_select_default(kind: str, args: TrainingArguments, candidates: list[
     ``candidates`` are the registered specs of that kind, highest priority first. The core's
     own implementation (``trylast``) picks the first one whose class says it is available. A
     site plugin can pin a choice by answering first.
+    """
+
+
+@hookspec(firstresult=True)
+def treadle_render_model_card(trainer: Any, details: dict[str, Any]) -> str | None:
+    """Return the text of the model card (README.md) ``Trainer.create_model_card`` writes.
+
+    ``details`` holds the caller's fields (language, license, tags, model_name, finetuned_from,
+    tasks, dataset_tags, dataset, dataset_args). The first non-None answer wins; with none,
+    the core writes a plain card. Called on the main process only.
     """
 
 

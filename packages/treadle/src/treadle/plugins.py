@@ -47,6 +47,7 @@ COMPONENT_KINDS: dict[str, str] = {
     "reporter": "treadle_register_reporters",
     "hub": "treadle_register_hubs",
     "task": "treadle_register_tasks",
+    "kernel": "treadle_register_kernels",
     "search": "treadle_register_search_backends",
 }
 """Each component kind and the registration hook that fills its registry."""
@@ -60,6 +61,7 @@ KIND_PLURALS: dict[str, str] = {
     "reporter": "reporters",
     "hub": "hubs",
     "task": "tasks",
+    "kernel": "kernels",
     "search": "search backends",
 }
 """How messages name several components of a kind."""
@@ -73,6 +75,7 @@ SELECTOR_OPTION: dict[str, str] = {
     "reporter": "--report_to",
     "hub": "--push_to_hub",
     "task": "--task",
+    "kernel": "kernel",
     "search": "--search_backend",
 }
 """The argument that selects a component of each kind (used in error messages)."""

@@ -182,6 +182,49 @@ def build_reporters(args: Any, pm: TreadlePluginManager | None = None) -> list[t
     return reporters
 
 
+def kernel_selections(args: Any) -> list[tuple[str, str]]:
+    """``(kernel name, the flag that asks for it)`` for the kernels the arguments turn on (``--use_liger_kernel``)."""
+    from treadle.catalog import get_catalog
+
+    implied = get_catalog().implied("kernel", args)
+    if implied is None:
+        return []
+    name, reason = implied
+    return [(name, reason.removeprefix("implied by ").split("=")[0])]
+
+
+def kernel_problem(args: Any, pm: TreadlePluginManager, name: str, flag: str) -> Optional[str]:
+    """Why kernel ``name`` cannot be used (no plugin provides it, or its library is missing), or None."""
+    from treadle.catalog import get_catalog
+
+    try:
+        spec = pm.resolve("kernel", name, args)
+    except PluginError:
+        installed = ", ".join(pm.names("kernel")) or "none"
+        library = get_catalog().library_hints.get(("kernel", name))
+        return (
+            f"--{flag}: no installed plugin provides kernel '{name}' (installed kernels: {installed}). It comes from a "
+            f"treadle plugin that registers kernel '{name}' (hook treadle_register_kernels) and brings the kernel "
+            f"library{f' ({library})' if library else ''}; none ships with treadle yet. Install one, or drop --{flag}"
+        )
+    missing = spec.requirements_problem()
+    return f"--{flag}: {missing}" if missing else None
+
+
+def apply_kernels(args: Any, model: Any, pm: TreadlePluginManager | None = None) -> None:
+    """Swap the selected kernels into ``model`` (in place), with ``--liger_kernel_config`` as options."""
+    selections = kernel_selections(args)
+    if not selections:
+        return
+    pm = pm or get_plugin_manager()
+    for name, flag in selections:
+        problem = kernel_problem(args, pm, name, flag)
+        if problem:
+            raise PluginError(problem)
+        config = args.load_json_field("liger_kernel_config") if hasattr(args, "load_json_field") else None
+        pm.resolve("kernel", name, args).load()(model, **(config or {}))
+
+
 def build_hub(args: Any, pm: TreadlePluginManager | None = None) -> Any:
     """The hub synchroniser for ``--push_to_hub`` (the one installed hub plugin), or None."""
     if not args.push_to_hub:

@@ -25,6 +25,7 @@ import math
 import os
 import sys
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator, Optional, Sequence, Union
@@ -70,11 +71,14 @@ from treadle.model_io import (
     split_outputs,
     unwrap_compiled,
 )
+from treadle.memory import MemoryTracker
 from treadle.output_dir import prepare_output_dir
+from treadle.overflow import detector_for
 from treadle.plugins import RunHooks, get_plugin_manager
 from treadle.randomness import seed_from_args
-from treadle.selection import build_components, build_hub, build_reporters
+from treadle.selection import apply_kernels, build_components, build_hub, build_reporters
 from treadle.state import TrainerControl, TrainerState
+from treadle.trainer_api import SeedTrainerMethods
 
 logger = logging.getLogger("treadle")
 
@@ -102,7 +106,7 @@ class TrainingPlan:
     start_time: float = 0.0
 
 
-class Trainer:
+class Trainer(SeedTrainerMethods):
     """Train, evaluate and predict with any ``torch.nn.Module`` (see the module docstring).
 
     Important attributes: ``model`` (the user's module), ``model_wrapped`` (what the strategy
@@ -144,6 +148,8 @@ class Trainer:
         """The precision of ``--fp16_full_eval`` / ``--bf16_full_eval``, or None (evaluate as trained)."""
         self.component_specs = components.specs
         self.strategy.setup_environment()
+        self._memory = MemoryTracker(self.backend, enabled=not args.skip_memory_metrics)
+        self._memory.start("init")
         for precision in (self.precision, self.eval_precision):
             if precision is not None:  # device checks and device-bound state (a loss scaler) need the device
                 precision.setup(self.strategy.root_device or torch.device("cpu"))
@@ -201,6 +207,7 @@ class Trainer:
         self._events = EventDispatcher(self.run_hooks)
         self._callbacks: list[tuple[object, object]] = []
         self._register_run_plugins(callbacks or [])
+        self._memory.stop("init", {})  # reported with the first training's metrics
         self._event("init_end")
 
     def _adopt_model(self, model: nn.Module) -> None:
@@ -210,6 +217,10 @@ class Trainer:
             self.model_accepts_loss_kwargs = accepts_loss_kwargs(model)
         self._input_mapper = InputMapper(model)
         self._set_device(self.strategy.root_device)
+        if getattr(self, "_overflow_detector", None) is not None:
+            self._overflow_detector.remove()
+        self._overflow_detector = detector_for(model, self.args.debug)  # --debug underflow_overflow
+        apply_kernels(self.args, unwrap_compiled(model))  # --use_liger_kernel: a kernel plugin patches the model
 
     def _set_device(self, device: Optional[torch.device]) -> None:
         self._device = device or torch.device("cpu")
@@ -247,6 +258,7 @@ class Trainer:
     ) -> TrainOutput:
         """Train the model; ``resume_from_checkpoint`` is a checkpoint path, or True for the newest one."""
         prepare_output_dir(self.args.output_dir)  # a bad --output_dir fails now, not at the first save
+        self._memory.start("train")
         self.is_in_train = True
         try:
             lifecycle.ensure_environment(self)  # a previous run's end tore the strategy down
@@ -266,6 +278,7 @@ class Trainer:
         finally:
             self.is_in_train = False
             self._remove_neftune()
+            self._memory.forget("train")  # a failed run leaves no stage open
 
     def _inner_training_loop(
         self, batch_size: int, resume_from_checkpoint: Any, trial: Any, ignore_keys_for_eval: Optional[list[str]]
@@ -390,10 +403,14 @@ class Trainer:
             self.lr_scheduler is not None and not scheduler_needs_metric(self.lr_scheduler) and not self.strategy.steps_scheduler
         )
         self._step_lr: Optional[float] = None  # the rate the last optimizer step used (the scheduler has moved on)
+        # a strategy that steps the scheduler inside optimizer_step: note the rate before it moves
+        self._lr_before_step = bool(self.strategy.steps_scheduler) and self.lr_scheduler is not None
         self._norm_after_step = bool(self.strategy.clips_gradients)
         if self._norm_after_step:
             self._max_grad_norm = None  # the strategy clips inside its own step and reports the norm
         self._nan_policy = option_value(getattr(args, "nan_inf_policy", "warn")) or "warn"
+        self._past_index = args.past_index if args.past_index >= 0 else None
+        self._past: Any = None  # past_index: the model output fed back as ``mems`` on the next batch
         self._precision_scales_loss = bool(self.precision.scales_loss)
         # Where neither the strategy nor its precision changes a step operation, the loop makes the
         # torch call their defaults end in, instead of two or three calls through them per step
@@ -401,6 +418,10 @@ class Trainer:
         strategy_own = functools.partial(_overrides, self.strategy, base=Strategy)
         precision_own = functools.partial(_overrides, self.precision, base=Precision)
         self._forward_context = self.precision.forward_context if precision_own("forward_context") else None
+        if _overrides(self, "compute_loss_context_manager", SeedTrainerMethods) or _overrides(
+            self, "autocast_smart_context_manager", SeedTrainerMethods
+        ):
+            self._forward_context = self.compute_loss_context_manager  # a subclass's own context (seeds' API)
         self._torch_backward = not (strategy_own("backward") or precision_own("backward"))
         self._torch_clip = not (strategy_own("clip_grad_norm") or precision_own("unscale_gradients"))
         self._torch_step = not (strategy_own("optimizer_step") or precision_own("optimizer_step"))
@@ -415,6 +436,10 @@ class Trainer:
             self.model_accepts_loss_kwargs and not args.label_smoothing_factor
         )
         self._average_tokens = bool(getattr(args, "average_tokens_across_devices", False)) and self.strategy.world_size > 1
+        # a loss normalised by num_items_in_batch is normalised by every process's items, one micro-batch or several
+        self._items_across_processes = self._average_tokens and (
+            self.model_accepts_loss_kwargs or self.compute_loss_func is not None
+        )
         self._tokens = TokenCounter(option_value(args.include_num_input_tokens_seen))
         self._count_flos = hasattr(unwrap_compiled(self.model), "floating_point_ops") or (
             type(self).floating_point_ops is not Trainer.floating_point_ops
@@ -505,6 +530,7 @@ class Trainer:
         if self._process_loader is not None:
             batches = iter(self._process_loader(batches))  # one pass: groups of micro-batches share it
         control._new_epoch()
+        self._past = None  # past_index: every epoch starts without mems
         step_in_epoch = skip_batches // accumulation
         if plan.steps_per_epoch:  # where this epoch starts: 0.0 for the first, the resume point after a resume
             state.epoch = epoch + step_in_epoch / plan.steps_per_epoch
@@ -568,7 +594,7 @@ class Trainer:
         """Forward and backward over the micro-batches of one step, then clip, check and step."""
         model = self.model_wrapped
         num_items = None
-        if len(micro_batches) > 1:
+        if len(micro_batches) > 1 or self._items_across_processes:
             micro_batches = [self._prepare_inputs(b) for b in micro_batches]
             num_items = self._items_in_step(micro_batches)
         check = self._nan_policy != "warn"
@@ -597,6 +623,8 @@ class Trainer:
             self._drop_non_finite_step(step_loss)
             return
         self._event("pre_optimizer_step")
+        if self._lr_before_step:
+            self._step_lr = self.optimizer.param_groups[0]["lr"]
         if self._torch_step and self._fused_backward is None:
             self.optimizer.step()
             stepped = True
@@ -747,6 +775,7 @@ class Trainer:
         metrics["train_loss"] = self._loss_window.mean_train_loss()
         if self._skipped_total:
             metrics["train_skipped_steps"] = self._skipped_total
+        self._memory.stop("train", metrics)
         self.log(metrics)
         self._event("train_end")
         if self.checkpoint_holds.ever_held and self._newest_checkpoint is not None:
@@ -843,9 +872,10 @@ class Trainer:
             for name, dataset in datasets.items():
                 metrics.update(self.evaluate(dataset, ignore_keys, f"{metric_key_prefix}_{name}"))
             return metrics
+        self._memory.start("eval")
         dataloader = self.get_eval_dataloader(eval_dataset)
         start = time.perf_counter()
-        output = self.evaluation_loop(
+        output = self._inference_loop()(
             dataloader, "Evaluation", prediction_loss_only=True if self.compute_metrics is None else None,
             ignore_keys=ignore_keys, metric_key_prefix=metric_key_prefix,
         )
@@ -854,6 +884,7 @@ class Trainer:
             speed_metrics(metric_key_prefix, start, num_samples=output.num_samples,
                           num_steps=math.ceil(output.num_samples / batch_size))
         )
+        self._memory.stop("eval", output.metrics)
         self.log(output.metrics)
         self._event("evaluate", metrics=output.metrics)
         return output.metrics
@@ -862,14 +893,16 @@ class Trainer:
         self, test_dataset: Any, ignore_keys: Optional[list[str]] = None, metric_key_prefix: str = "test"
     ) -> PredictionOutput:
         """Predictions for ``test_dataset`` (numpy), its labels if it has some, and metrics."""
+        self._memory.start("test")
         dataloader = self.get_test_dataloader(test_dataset)
         start = time.perf_counter()
-        output = self.evaluation_loop(dataloader, "Prediction", ignore_keys=ignore_keys, metric_key_prefix=metric_key_prefix)
+        output = self._inference_loop()(dataloader, "Prediction", ignore_keys=ignore_keys, metric_key_prefix=metric_key_prefix)
         batch_size = self.args.per_device_eval_batch_size * self.strategy.world_size
         output.metrics.update(
             speed_metrics(metric_key_prefix, start, num_samples=output.num_samples,
                           num_steps=math.ceil(output.num_samples / batch_size))
         )
+        self._memory.stop("test", output.metrics)
         self._event("predict", metrics=output.metrics)
         return PredictionOutput(output.predictions, output.label_ids, output.metrics)
 
@@ -889,6 +922,9 @@ class Trainer:
         model.eval()
         self._switch_optimizer_mode("eval")
         self.eval_dataloader = dataloader
+        if args.jit_mode_eval:
+            model = self._jit_traced(model, dataloader)
+        past_of_training, self._past = self._past, None  # evaluation keeps its own mems (past_index)
         include = set(args.include_for_metrics or [])
         per_batch_metrics = bool(args.batch_eval_metrics) and self.compute_metrics is not None
         # batch_eval_metrics keeps nothing while evaluating; predict() still returns what it predicted
@@ -928,7 +964,27 @@ class Trainer:
         if losses is not None:
             metrics["loss"] = float(losses.mean())
         metrics = {k if k.startswith(f"{metric_key_prefix}_") else f"{metric_key_prefix}_{k}": v for k, v in metrics.items()}
+        self._past = past_of_training
         return EvalLoopOutput(predictions, label_ids, metrics, num_samples)
+
+    def _jit_traced(self, model: nn.Module, dataloader: Any) -> nn.Module:
+        """``--jit_mode_eval``: the model traced with TorchScript on the first batch and frozen.
+
+        Traced again for every evaluation (freezing bakes the current weights in). A model that
+        cannot be traced is evaluated as it is, with a warning, as transformers does.
+        """
+        try:
+            example = self._prepare_inputs(next(iter(dataloader)))
+            with torch.no_grad(), warnings.catch_warnings():
+                warnings.simplefilter("ignore", DeprecationWarning)  # TorchScript is deprecated in favour of compile
+                warnings.simplefilter("ignore", torch.jit.TracerWarning)  # a model that traces badly falls back below
+                traced = torch.jit.trace(model, example_kwarg_inputs=dict(example), strict=False)
+                return torch.jit.freeze(traced)
+        except StopIteration:
+            return model
+        except Exception as exc:  # TorchScript rejects many models; evaluation itself still works
+            _warn_once(f"--jit_mode_eval: the model could not be traced ({type(exc).__name__}: {exc}); evaluating it as it is")
+            return model
 
     def _gather(self, value: Any) -> Any:
         """Every process's ``value`` for this batch (shapes may differ: padded, gathered, trimmed)."""
@@ -953,7 +1009,11 @@ class Trainer:
                 loss = loss.detach().mean()
                 _, logits = split_outputs(outputs, has_loss=not self._loss_outside_model(), ignore_keys=ignore_keys)
             else:
+                if self._past is not None:
+                    inputs = {**inputs, "mems": self._past}
                 outputs = model(**inputs)
+                if self._past_index is not None:
+                    self._past = _output_at(outputs, self._past_index)
                 loss, logits = split_outputs(outputs, has_loss=False, ignore_keys=ignore_keys)
         if prediction_loss_only:
             return loss, None, None
@@ -1005,7 +1065,13 @@ class Trainer:
                 inputs = {k: v for k, v in inputs.items() if k != key}
         if num_items_in_batch is not None and self.model_accepts_loss_kwargs and self.compute_loss_func is None:
             inputs = {**inputs, "num_items_in_batch": num_items_in_batch}
-        outputs = model(**inputs)
+        if self._past_index is not None:  # past_index: feed the kept output back (TransformerXL-style mems)
+            if self._past is not None:
+                inputs = {**inputs, "mems": self._past}
+            outputs = model(**inputs)
+            self._past = _output_at(outputs, self._past_index)
+        else:
+            outputs = model(**inputs)
         if labels is not None and self.compute_loss_func is not None:
             loss = self.compute_loss_func(outputs, labels, num_items_in_batch=num_items_in_batch)
         elif labels is not None:
@@ -1556,6 +1622,18 @@ def _batch_size(inputs: dict[str, Any]) -> int:
         if isinstance(value, (list, tuple)):
             return len(value)
     return 1
+
+
+def _output_at(outputs: Any, index: int) -> Any:
+    """The ``index``-th model output (``past_index``): of a tuple, or of a dict / ModelOutput in order."""
+    if isinstance(outputs, dict):
+        values = list(outputs.values())
+        if index >= len(values):
+            raise UsageError(f"--past_index {index}: the model returned only {len(values)} outputs ({', '.join(outputs)})")
+        return values[index]
+    if isinstance(outputs, (tuple, list)) and index < len(outputs):
+        return outputs[index]
+    raise UsageError(f"--past_index {index}: the model's output ({type(outputs).__name__}) has no item {index}")
 
 
 def _detach(value: Any) -> Any:
