@@ -70,3 +70,28 @@ def losses(trainer: Trainer) -> list[float]:
 
 def weights(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     return {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+
+class WeightsFingerprint:
+    """Writes this rank's weight checksum to ``output_dir/weights-rank<r>.txt`` when training ends."""
+
+    @hookimpl
+    def treadle_on_train_end(self, trainer: Any, args: Any) -> None:
+        import hashlib
+        import os
+
+        digest = hashlib.sha256()
+        for name, value in sorted(trainer.model.state_dict().items()):
+            digest.update(name.encode() + value.detach().cpu().numpy().tobytes())
+        with open(os.path.join(args.output_dir, f"weights-rank{trainer.strategy.global_rank}.txt"), "w") as handle:
+            handle.write(digest.hexdigest())
+
+
+def overflow_on_rank0(args: Any) -> TaskParts:
+    """``--task amp_kit:overflow_on_rank0``: the demo task; rank 0 alone overflows at step 3."""
+    import os
+
+    parts = demo_task.build(args)
+    factor = 1e6 if os.environ.get("RANK", "0") == "0" else 1.0
+    parts.callbacks = [DisturbStep(3, factor), WeightsFingerprint()]
+    return parts
