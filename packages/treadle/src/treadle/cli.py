@@ -232,7 +232,7 @@ def training_help(command: str) -> str:
     for group in order:
         lines += ["", f"{group}:"]
         for info in groups[group]:
-            lines.append(f"  --{info.name} {info.metavar}")
+            lines.append(f"  --{info.name} {info.metavar}" + "".join(f", --{alias}" for alias in info.aliases))
             text = info.help.strip()
             if info.deprecated_for:
                 text = f"deprecated: use --{info.deprecated_for}. {text}".strip()

@@ -58,6 +58,7 @@ class FieldInfo:
     choices: Optional[tuple[Any, ...]] = None
     deprecated_for: Optional[str] = None
     plugin: Optional[str] = None  # the plugin that added it (plugin fields live in plugin_options)
+    aliases: tuple[str, ...] = ()  # other spellings a plugin accepts for it
 
     @property
     def shape(self) -> str:
@@ -148,6 +149,7 @@ def plugin_fields(pm: Any) -> dict[str, FieldInfo]:
             group=f"Plugin {pf.plugin.name} ({pf.plugin.label})",
             choices=pf.choices,
             plugin=pf.plugin.name,
+            aliases=pf.aliases,
         )
         for name, pf in pm.argument_fields().items()
     }
@@ -278,6 +280,11 @@ class ParsedArguments:
     unavailable: list[str] = field(default_factory=list)  # selected components no plugin provides
 
 
+def field_aliases(fields: dict[str, FieldInfo]) -> dict[str, str]:
+    """Alias -> field name, for the plugin fields that declare aliases."""
+    return {alias: name for name, info in fields.items() for alias in info.aliases}
+
+
 def _suggest(name: str, candidates: Iterable[str]) -> str:
     close = difflib.get_close_matches(name, list(candidates), n=1, cutoff=0.6)
     return f"; did you mean --{close[0]}?" if close else ""
@@ -289,9 +296,11 @@ class ArgvReader:
     def __init__(self, fields: dict[str, FieldInfo], extra_flags: dict[str, str]) -> None:
         self.fields = fields
         self.extra_flags = extra_flags  # name -> shape ("bool" or "str"), e.g. {"config": "str"}
+        self.aliases = field_aliases(fields)
 
     def _lookup(self, name: str) -> tuple[str, str]:
         """Return (field name, shape); ``no_<flag>`` is the negation of a boolean."""
+        name = self.aliases.get(name, name)
         if name in self.fields:
             return name, self.fields[name].shape
         if name in self.extra_flags:
@@ -418,8 +427,10 @@ def parse_arguments(
     values: dict[str, Any] = {}
     sources: dict[str, str] = {}
     for path in files:
+        aliases = field_aliases(fields)
         for key, raw in load_config_file(path).items():
             name = str(key).replace("-", "_")
+            name = aliases.get(name, name)
             if name not in fields:
                 raise UsageError(f"config file {path!r}: unknown argument {key!r}{_suggest(name, fields)}")
             values[name] = convert(fields[name], raw, where=f"config file {path!r}")

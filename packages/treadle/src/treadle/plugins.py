@@ -316,6 +316,7 @@ class PluginField:
     help: str
     plugin: PluginRecord
     choices: Optional[tuple[Any, ...]] = None
+    aliases: tuple[str, ...] = ()
 
 
 class ArgumentSchema:
@@ -328,16 +329,30 @@ class ArgumentSchema:
         self._core_names = core_names
         self.added: list[PluginField] = []
 
-    def add(self, name: str, *, type: Any = str, default: Any = None, help: str = "", choices: Optional[Iterable[Any]] = None) -> None:
-        """Declare ``--<name>``; ``name`` must start with ``<plugin namespace>_``."""
+    def add(
+        self, name: str, *, type: Any = str, default: Any = None, help: str = "", choices: Optional[Iterable[Any]] = None,
+        aliases: Iterable[str] = (),
+    ) -> None:
+        """Declare ``--<name>``; ``name`` must start with ``<plugin namespace>_``.
+
+        ``aliases`` are shorter spellings the command line and config files also accept (a task
+        plugin's ``--model_name_or_path`` for ``transformers_model_name_or_path``, as the
+        familiar example scripts spell it); the value is stored under ``name``. An alias may not
+        be a core argument nor another plugin's argument or alias.
+        """
         if not name.startswith(self._namespace + "_"):
             raise ValueError(f"argument {name!r} must be namespaced as '{self._namespace}_...'")
-        if name in self._core_names:
-            raise ValueError(f"argument {name!r} is already a core treadle argument")
-        if name in self._taken:
-            other = self._taken[name].plugin
-            raise ValueError(f"argument {name!r} is already declared by {other.label}")
-        self.added.append(PluginField(name, type, default, help, self._plugin, tuple(choices) if choices else None))
+        for spelling in (name, *aliases):
+            if not spelling.isidentifier():
+                raise ValueError(f"argument {spelling!r} is not a valid name (letters, digits, underscores)")
+            if spelling in self._core_names:
+                raise ValueError(f"argument {spelling!r} is already a core treadle argument")
+            owner = self._taken.get(spelling) or next((f for f in self._taken.values() if spelling in f.aliases), None)
+            if owner is not None:
+                raise ValueError(f"argument {spelling!r} is already declared by {owner.plugin.label}")
+        self.added.append(
+            PluginField(name, type, default, help, self._plugin, tuple(choices) if choices else None, tuple(aliases))
+        )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -620,6 +635,10 @@ class TreadlePluginManager:
                 record.arguments = [f.name for f in schema.added]
             self._fields = fields
         return self._fields
+
+    def argument_aliases(self) -> dict[str, str]:
+        """Alias -> the plugin field it spells (``schema.add(..., aliases=...)``)."""
+        return {alias: f.name for f in self.argument_fields().values() for alias in f.aliases}
 
     # hooks for the configuration family ----------------------------------------------------------
     def adjust_and_validate(self, args: Any, explicit: frozenset[str]) -> list[str]:
