@@ -35,7 +35,7 @@ import re
 import shutil
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterator, Mapping, Optional, Union
+from typing import TYPE_CHECKING, Any, Iterable, Iterator, Mapping, Optional, Union
 
 from treadle import run_state
 from treadle.errors import CheckpointError, UsageError
@@ -68,6 +68,7 @@ __all__ = [
     "load_checkpoint",
     "resolve_resume_checkpoint",
     "resolve_weights_checkpoint",
+    "rotate_after_save",
     "rotate_checkpoints",
     "save_checkpoint",
     "save_model_files",
@@ -79,12 +80,14 @@ __all__ = [
 # ================================================================================ saving
 
 
-def save_checkpoint(trainer: Any, metrics: Optional[Mapping[str, float]] = None) -> Path:
+def save_checkpoint(trainer: Any, metrics: Optional[Mapping[str, float]] = None, *, rotate: bool = True) -> Path:
     """Write ``output_dir/checkpoint-<global_step>`` and rotate old checkpoints.
 
     Every process calls this (gathering sharded weights may be collective); only the processes
     for which ``args.should_save`` holds write. ``metrics`` are the evaluation metrics of this
-    step, if any; they may make this checkpoint the best one.
+    step, if any; they may make this checkpoint the best one. ``rotate=False`` leaves rotation
+    to the caller: the Trainer rotates (``rotate_after_save``) after ``treadle_on_save``, so a
+    plugin sees every checkpoint before rotation and can hold the ones it still reads.
     """
     args, state, strategy = trainer.args, trainer.state, trainer.strategy
     output_dir = Path(args.output_dir)
@@ -146,7 +149,8 @@ def save_checkpoint(trainer: Any, metrics: Optional[Mapping[str, float]] = None)
             shutil.rmtree(staging, ignore_errors=True)
             raise
         _publish(staging, final)
-        rotate_checkpoints(output_dir, args.save_total_limit, best=state.best_model_checkpoint, newest=final)
+        if rotate:
+            rotate_after_save(trainer, final)
     strategy.barrier("treadle-checkpoint-end")
     logger.debug("saved %s in %.3fs", final, time.perf_counter() - started)
     return final
@@ -288,17 +292,35 @@ def list_checkpoints(output_dir: Union[str, os.PathLike]) -> list[Path]:
     return [path for _, path in sorted(found)]
 
 
+def rotate_after_save(trainer: Any, newest: Optional[Path]) -> list[Path]:
+    """``save_total_limit`` rotation after a save, on the processes that write checkpoints.
+
+    Checkpoints held with ``Trainer.hold_checkpoint`` (a background upload still reads them)
+    are left in place; the first rotation after their release deletes them.
+    """
+    args = trainer.args
+    if not _is_writer(args, trainer.strategy):
+        return []
+    holds = getattr(trainer, "checkpoint_holds", None)
+    return rotate_checkpoints(
+        args.output_dir, args.save_total_limit, best=trainer.state.best_model_checkpoint, newest=newest,
+        held=holds.held() if holds is not None else (),
+    )
+
+
 def rotate_checkpoints(
     output_dir: Union[str, os.PathLike],
     limit: Optional[int],
     *,
     best: Optional[Union[str, os.PathLike]] = None,
     newest: Optional[Path] = None,
+    held: Iterable[Path] = (),
 ) -> list[Path]:
     """Delete old checkpoints beyond ``limit``; never the ``best`` one nor the ``newest`` one.
 
     The best checkpoint counts towards the limit (``limit=5`` keeps the best and the four most
-    recent) except when ``limit=1``: then the best and the newest are both kept. Returns the
+    recent) except when ``limit=1``: then the best and the newest are both kept. A checkpoint
+    in ``held`` (resolved paths) is not deleted now, whatever the limit says. Returns the
     deleted directories.
     """
     if limit is None or limit <= 0:
@@ -312,7 +334,13 @@ def rotate_checkpoints(
     if best_path is not None and best_path not in keep:
         others = [p for p in checkpoints if p != best_path]
         keep = others[-max(limit - 1, 1):] + [best_path]
-    deleted = [p for p in checkpoints if p not in keep]
+    held = set(held)
+    deleted = []
+    for path in (p for p in checkpoints if p not in keep):
+        if held and path.resolve() in held:
+            logger.info("keeping %s beyond save_total_limit=%d while a plugin still reads it", path, limit)
+            continue
+        deleted.append(path)
     for path in deleted:
         logger.info("deleting %s (save_total_limit=%d)", path, limit)
         _retire(path)
@@ -329,14 +357,17 @@ def _same_checkpoint(best: Optional[Union[str, os.PathLike]], checkpoints: list[
 # ================================================================================ resuming
 
 
-def resolve_resume_checkpoint(resume_from_checkpoint: Any, output_dir: Union[str, os.PathLike, None]) -> Optional[Path]:
+def resolve_resume_checkpoint(
+    resume_from_checkpoint: Any, output_dir: Union[str, os.PathLike, None], args: Any = None
+) -> Optional[Path]:
     """Turn ``resume_from_checkpoint`` into a verified checkpoint directory, or None.
 
     ``None``/``False``/``"false"``: no resume. ``True``/``"true"``: the newest valid checkpoint
     in ``output_dir`` (damaged newer ones are skipped with a warning). A path: that checkpoint,
-    which must be valid.
+    which must be valid. ``scheme:location`` (``hub:org/name``), when no such local path exists:
+    the checkpoint a plugin fetches (``treadle_fetch_checkpoint``, given ``args``).
     """
-    path = _requested_checkpoint(resume_from_checkpoint, output_dir)
+    path = _requested_checkpoint(resume_from_checkpoint, output_dir, args)
     if path is None:
         return None
     if _asked_for_newest(resume_from_checkpoint):
@@ -345,13 +376,15 @@ def resolve_resume_checkpoint(resume_from_checkpoint: Any, output_dir: Union[str
     return path
 
 
-def resolve_weights_checkpoint(resume_from_checkpoint: Any, output_dir: Union[str, os.PathLike, None]) -> Optional[Path]:
+def resolve_weights_checkpoint(
+    resume_from_checkpoint: Any, output_dir: Union[str, os.PathLike, None], args: Any = None
+) -> Optional[Path]:
     """Like ``resolve_resume_checkpoint`` for evaluate / predict, which need only the weights.
 
     So a ``save_only_model`` checkpoint qualifies, and a damaged optimizer file does not matter:
     only the manifest entry of ``model.safetensors`` is verified.
     """
-    path = _requested_checkpoint(resume_from_checkpoint, output_dir)
+    path = _requested_checkpoint(resume_from_checkpoint, output_dir, args)
     if path is None:
         return None
     if _asked_for_newest(resume_from_checkpoint):
@@ -364,7 +397,7 @@ def _asked_for_newest(value: Any) -> bool:
     return value is True or (isinstance(value, str) and value.strip().lower() == "true")
 
 
-def _requested_checkpoint(value: Any, output_dir: Union[str, os.PathLike, None]) -> Optional[Path]:
+def _requested_checkpoint(value: Any, output_dir: Union[str, os.PathLike, None], args: Any = None) -> Optional[Path]:
     """None for no checkpoint, the output dir to search for ``true``, else the named checkpoint path."""
     if isinstance(value, str) and value.strip().lower() in ("", "false", "none"):
         return None
@@ -372,13 +405,36 @@ def _requested_checkpoint(value: Any, output_dir: Union[str, os.PathLike, None])
         return None
     if _asked_for_newest(value):
         return Path(output_dir or ".")
-    path = Path(value)
+    path = fetch_checkpoint(value, args) or Path(value)
     if not (path / MANIFEST_NAME).exists() and list_checkpoints(path):
         raise CheckpointError(
             f"resume_from_checkpoint={value}: {path} is an output directory, not a checkpoint; pass one of its "
             "checkpoint-<step> directories, or true for the newest valid one"
         )
     return path
+
+
+_REMOTE_LOCATION = re.compile(r"^(?P<scheme>[A-Za-z][A-Za-z0-9+.-]+):")
+"""``scheme:rest``, e.g. ``hub:org/name`` or ``s3://bucket/run``; a one-letter one (``C:``) is a drive."""
+
+
+def fetch_checkpoint(value: Any, args: Any = None) -> Optional[Path]:
+    """The local copy of a checkpoint named ``scheme:location`` (no such local path), fetched by a
+    plugin (``treadle_fetch_checkpoint``); None for anything else."""
+    if not isinstance(value, str) or Path(value).exists():
+        return None
+    match = _REMOTE_LOCATION.match(value.strip())
+    if match is None:
+        return None
+    from treadle.plugins import get_plugin_manager
+
+    found = get_plugin_manager().pm.hook.treadle_fetch_checkpoint(location=value.strip(), args=args)
+    if found is None:
+        raise CheckpointError(
+            f"resume_from_checkpoint={value}: no such directory, and no installed plugin fetches "
+            f"'{match.group('scheme')}:' checkpoints (see `treadle plugins`)"
+        )
+    return Path(found)
 
 
 def _verify_resumable(path: Path) -> None:

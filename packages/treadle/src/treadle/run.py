@@ -134,7 +134,8 @@ def run_command(command: str, args: Any) -> int:
     with trainer:  # one run: reporters finish after the final metrics (or are marked failed); teardown always runs
         summary = {"train": _train, "evaluate": _evaluate, "predict": _predict}[command](trainer, args, parts)
     if trainer.is_world_process_zero():
-        print(summary)
+        hub_lines = trainer.hub.summary() if trainer.hub is not None else []  # after run_end: the last upload is done
+        print("\n".join([summary, *hub_lines]))
     return 0
 
 
@@ -204,7 +205,7 @@ def _load_trained_weights(trainer: Any, args: Any) -> str:
 
     directory: Optional[Path] = None
     if args.resume_from_checkpoint:
-        directory = checkpoint.resolve_weights_checkpoint(args.resume_from_checkpoint, args.output_dir)
+        directory = checkpoint.resolve_weights_checkpoint(args.resume_from_checkpoint, args.output_dir, args)
     elif (Path(args.output_dir) / WEIGHTS_NAME).is_file():
         directory = Path(args.output_dir)
     if directory is None:
