@@ -98,3 +98,11 @@ def test_treadle_plugins_and_env_show_the_precisions(run_treadle):
     assert "precision: fp16, bf16, fp16-true, bf16-true" in listed.stdout
     env = run_treadle("env", env={"TREADLE_PLUGINS": "amp"})
     assert env.returncode == 0 and "cpu: fp16, bf16" in env.stdout
+
+
+def test_fp16_true_warns_about_adams_default_epsilon(tmp_path, caplog):
+    with caplog.at_level("WARNING", logger="treadle"):
+        demo_trainer(make_args(tmp_path, precision="fp16-true"))
+        demo_trainer(make_args(tmp_path, precision="fp16-true", adam_epsilon=1e-4))
+    warned = [r.getMessage() for r in caplog.records if "adam_epsilon" in r.getMessage()]
+    assert len(warned) == 1 and "is zero in float16" in warned[0]

@@ -56,6 +56,15 @@ class TruePrecision(_AutocastPrecision):
         super().__init__(args, dtype)
         self.name = "fp16-true" if self.dtype == torch.float16 else "bf16-true"
 
+    def setup(self, device: torch.device) -> None:
+        super().setup(device)
+        epsilon = getattr(self.args, "adam_epsilon", None)
+        if self.dtype == torch.float16 and "adam" in str(self.args.optim) and epsilon is not None and epsilon < 1e-7:
+            logger.warning(
+                "fp16-true: --adam_epsilon %g is zero in float16, so Adam divides by zero where a gradient is zero "
+                "and the weights become NaN; use --adam_epsilon 1e-4, or bf16-true", epsilon,
+            )
+
     def convert_module(self, model: torch.nn.Module) -> torch.nn.Module:
         return model.to(dtype=self.dtype)  # in place; integer buffers keep their dtype
 

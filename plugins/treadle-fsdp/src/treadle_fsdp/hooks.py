@@ -1,0 +1,47 @@
+"""treadle-fsdp's registration: the ``fsdp`` strategy, and the checks of ``--fsdp`` / ``fsdp_config``.
+
+The option checks live in ``treadle_fsdp.options`` (standard library only), so a wrong key or
+an option FSDP2 cannot honour is reported when the arguments are parsed, before torch loads.
+The strategy itself (torch) is named by a string and imported only when selected.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from treadle import hookimpl
+
+
+@hookimpl
+def treadle_register_strategies(register: Any) -> None:
+    register(
+        "fsdp",
+        "treadle_fsdp.strategy:FsdpStrategy",
+        description="fully sharded data parallel on FSDP2 (fully_shard on a device mesh), sharded DCP checkpoints",
+        aliases=("fsdp2",),
+    )
+
+
+@hookimpl
+def treadle_validate_arguments(args: Any) -> list[str] | None:
+    strategy = getattr(args.strategy, "value", args.strategy)
+    if strategy not in ("fsdp", "fsdp2") and not args.fsdp:
+        return None
+    from treadle_fsdp.options import FsdpOptionError, settings
+
+    try:
+        settings(args.fsdp, args.load_json_field("fsdp_config"))  # a JSON file's path is read here
+    except OSError as exc:
+        return [f"fsdp_config: cannot read {args.fsdp_config}: {exc}"]
+    except FsdpOptionError as exc:
+        return exc.problems
+    return None
+
+
+@hookimpl
+def treadle_report_env() -> list[tuple[str, str]] | None:
+    import torch
+    import torch.distributed as dist
+
+    available = dist.is_available() and hasattr(torch.distributed, "fsdp")
+    return [("FSDP2 (torch.distributed.fsdp.fully_shard)", f"torch {torch.__version__}" if available else "not available")]

@@ -1,0 +1,326 @@
+"""The ``fsdp`` strategy: FSDP2 (``fully_shard``) on a device mesh over the launched processes.
+
+Processes come from a launcher (torchrun, ``treadle train --nproc_per_node``), which sets
+RANK / WORLD_SIZE / LOCAL_RANK / MASTER_ADDR; the strategy joins them in a process group and
+lays them out on a mesh chosen by the sharding mode (``options.SHARDING_MODES``). It shards the
+model before the optimizer exists (``wraps_model_first``), so the optimizer holds the sharded
+parameters and its state is sharded with them.
+
+What differs from one process: the gradient norm is a global norm over the shards; the model
+weights for ``model.safetensors`` are gathered to rank 0 (``model_state_dict``); checkpoints hold
+one DCP shard per process (``sharded_checkpoint``); the mixed-precision policy comes from the
+run's precision plugin through its ``param_dtype`` / ``compute_dtype`` attribute, so this plugin
+never imports a precision plugin.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime
+import os
+from pathlib import Path
+from typing import Any, Mapping, Optional
+
+import torch
+import torch.distributed as dist
+
+from treadle.components import NoSyncCapable, Strategy
+from treadle.errors import UsageError
+from treadle_fsdp import options as fsdp_options
+from treadle_fsdp import sharded_checkpoint, wrapping
+
+_REDUCE_OPS = {"sum": dist.ReduceOp.SUM, "max": dist.ReduceOp.MAX, "min": dist.ReduceOp.MIN, "mean": dist.ReduceOp.SUM}
+_DTYPE_ATTRIBUTES = ("param_dtype", "compute_dtype", "dtype")
+_GROUP_BACKEND = {"cuda": "nccl", "xpu": "xccl", "hpu": "hccl"}
+"""Collective backend per device type; anything else (cpu) talks over gloo."""
+
+
+def _env_int(name: str, default: int) -> int:
+    value = os.environ.get(name, "").strip()
+    return int(value) if value.isdigit() else default
+
+
+def precision_dtype(precision: Any) -> Optional[torch.dtype]:
+    """The low-precision dtype a precision plugin computes in, or None for full precision.
+
+    Read from the precision's ``param_dtype``, ``compute_dtype`` or ``dtype`` attribute (the
+    first present; treadle-amp's precisions have ``dtype``), a torch dtype or its name
+    ("bfloat16", "bf16", "float16", "fp16"); float32 means no mixed-precision policy.
+    """
+    value = next((v for v in (getattr(precision, n, None) for n in _DTYPE_ATTRIBUTES) if v is not None), None)
+    if value is None:
+        return None
+    if isinstance(value, str):
+        names = {"bf16": "bfloat16", "fp16": "float16", "half": "float16", "fp32": "float32"}
+        value = getattr(torch, names.get(value.lower(), value.lower()), None)
+    if not isinstance(value, torch.dtype):
+        raise UsageError(f"strategy fsdp: precision {getattr(precision, 'name', '?')!r} names no torch dtype ({value!r})")
+    return None if value == torch.float32 else value
+
+
+class FsdpStrategy(Strategy, NoSyncCapable):
+    """Fully sharded data parallel on FSDP2 over the processes a launcher started."""
+
+    name = "fsdp"
+    wraps_model_first = True
+
+    def __init__(self, args: Any, backend: Any, precision: Any) -> None:
+        super().__init__(args, backend, precision)
+        try:
+            self.settings = fsdp_options.settings(args.fsdp, args.load_json_field("fsdp_config"))
+        except fsdp_options.FsdpOptionError as exc:
+            raise UsageError("\n".join(exc.problems)) from None
+        self._world_size = max(1, _env_int("WORLD_SIZE", 1))
+        self._rank = _env_int("RANK", 0)
+        self._local_rank = _env_int("LOCAL_RANK", 0)
+        self._owns_group = False
+        self.mesh: Any = None
+        self._init_rng: Optional[torch.Tensor] = None
+        self._model: Optional[torch.nn.Module] = None
+
+    # process topology ------------------------------------------------------------------------
+    @property
+    def world_size(self) -> int:
+        return self._world_size
+
+    @property
+    def global_rank(self) -> int:
+        return self._rank
+
+    @property
+    def local_rank(self) -> int:
+        return self._local_rank
+
+    def setup_environment(self) -> None:
+        """Pick the device, join the process group (or reuse the caller's), build the mesh."""
+        if self.mesh is not None:
+            return
+        if self.root_device is None:
+            self.root_device = self.backend.setup_device(self.local_rank)
+        if not dist.is_initialized():
+            self._join_group()
+        self._world_size, self._rank = dist.get_world_size(), dist.get_rank()
+        self.mesh = self._build_mesh()
+
+    def _join_group(self) -> None:
+        backend = self.args.ddp_backend or _GROUP_BACKEND.get(self.root_device.type, "gloo")
+        timeout = datetime.timedelta(seconds=self.args.ddp_timeout or 1800)
+        try:
+            if self._world_size == 1 and not os.environ.get("MASTER_ADDR"):
+                dist.init_process_group(backend, store=dist.HashStore(), rank=0, world_size=1, timeout=timeout)
+            else:
+                dist.init_process_group(
+                    backend, init_method="env://", rank=self._rank, world_size=self._world_size, timeout=timeout
+                )
+        except (RuntimeError, ValueError) as exc:
+            raise UsageError(
+                f"strategy fsdp: rank {self._rank} of {self._world_size} could not join the process group (backend "
+                f"{backend}, MASTER_ADDR={os.environ.get('MASTER_ADDR')}, MASTER_PORT={os.environ.get('MASTER_PORT')}): {exc}"
+            ) from exc
+        self._owns_group = True
+
+    def _build_mesh(self) -> Any:
+        from torch.distributed.device_mesh import init_device_mesh
+
+        kind, world = self.settings.mesh_kind, self._world_size
+        device_type = self.root_device.type
+        if kind == "shard":
+            return init_device_mesh(device_type, (world,), mesh_dim_names=("shard",))
+        if kind == "replicate":
+            return init_device_mesh(device_type, (world, 1), mesh_dim_names=("replicate", "shard"))
+        per_node = _env_int("LOCAL_WORLD_SIZE", world)
+        if world % per_node:
+            raise UsageError(
+                f"--fsdp {self.settings.mode}: {world} processes do not split into nodes of {per_node} (LOCAL_WORLD_SIZE)"
+            )
+        return init_device_mesh(device_type, (world // per_node, per_node), mesh_dim_names=("replicate", "shard"))
+
+    # model -----------------------------------------------------------------------------------
+    def model_init_context(self) -> contextlib.AbstractContextManager:
+        """``cpu_ram_efficient_loading``: build the model with its parameters on the meta device."""
+        if not self.settings.meta_init:
+            return contextlib.nullcontext()
+        return self._meta_build()
+
+    @contextlib.contextmanager
+    def _meta_build(self) -> Any:
+        with wrapping.parameters_on_meta() as captured:
+            yield
+        self._init_rng = captured["rng"]
+
+    def setup_model(self, model: torch.nn.Module) -> torch.nn.Module:
+        """``fully_shard`` per unit and on the root (the loop converted the model for the precision
+        already); meta parameters are then filled shard by shard."""
+        self.setup_environment()
+        if not any(p.requires_grad for p in model.parameters()):
+            raise UsageError("strategy fsdp: the model has no trainable parameter (all have requires_grad=False)")
+        if self.precision.scales_loss and self._world_size > 1:
+            raise UsageError(
+                f"strategy fsdp: precision {self.precision.name!r} scales the loss, and its scaler looks only at this "
+                "process's gradient shards, so processes could disagree about skipping a step; use bf16 with fsdp"
+            )
+        empty = wrapping.has_meta_parameters(model)
+        if empty and not self.settings.meta_init:
+            raise UsageError(
+                "strategy fsdp: the model has parameters on the meta device; set fsdp_config cpu_ram_efficient_loading=true "
+                "to have them filled after sharding, or build the model with real weights"
+            )
+        if not empty:
+            model.to(self.root_device)
+            if self.settings.sync_module_states and self._world_size > 1:
+                wrapping.broadcast_from_rank0(model)
+        wrapping.shard_model(
+            model, self.mesh, self.settings, param_dtype=precision_dtype(self.precision),
+            pin_memory=self.root_device.type == "cuda",
+        )
+        if empty:
+            rng = self._init_rng if self._init_rng is not None else torch.get_rng_state()
+            wrapping.fill_shards(model, self.root_device, self.broadcast_object(rng))
+        self._model = model
+        return model
+
+    def unwrap_model(self, model: torch.nn.Module) -> torch.nn.Module:
+        return getattr(model, "_orig_mod", model)  # fully_shard changes the module in place
+
+    def no_backward_sync(self, model: torch.nn.Module, enabled: bool) -> contextlib.AbstractContextManager:
+        """Accumulation micro-batches before the last keep unreduced gradients (one reduce-scatter per step)."""
+        return _gradient_sync(self.unwrap_model(model), not enabled)
+
+    # gradients -------------------------------------------------------------------------------
+    def grad_norm(self, model: torch.nn.Module) -> Optional[torch.Tensor]:
+        """The norm of the whole gradient, over every shard."""
+        grads = [p.grad for p in model.parameters() if p.grad is not None]
+        if not grads:
+            return None
+        return _full(torch.nn.utils.get_total_norm(grads))
+
+    def clip_grad_norm(self, model: torch.nn.Module, optimizer: Any, max_norm: float) -> torch.Tensor:
+        self.precision.unscale_gradients(optimizer)
+        params = [p for p in model.parameters() if p.grad is not None]
+        return _full(torch.nn.utils.clip_grad_norm_(params, max_norm))
+
+    # collectives -----------------------------------------------------------------------------
+    def all_reduce(self, tensor: torch.Tensor, op: str = "mean") -> torch.Tensor:
+        if op not in _REDUCE_OPS:
+            raise ValueError(f"all_reduce op {op!r}: expected one of {', '.join(_REDUCE_OPS)}")
+        result = tensor.detach().clone()
+        if op == "mean" and not result.is_floating_point():
+            result = result.double()
+        dist.all_reduce(result, op=_REDUCE_OPS[op])
+        return result / self._world_size if op == "mean" else result
+
+    def all_gather(self, tensor: torch.Tensor) -> torch.Tensor:
+        tensor = tensor.detach().contiguous().reshape(-1) if tensor.dim() == 0 else tensor.detach().contiguous()
+        parts = [torch.empty_like(tensor) for _ in range(self._world_size)]
+        dist.all_gather(parts, tensor)
+        return torch.cat(parts)
+
+    def all_gather_object(self, obj: Any) -> list[Any]:
+        gathered: list[Any] = [None] * self._world_size
+        dist.all_gather_object(gathered, obj)
+        return gathered
+
+    def barrier(self, name: str = "") -> None:
+        if dist.is_initialized():
+            dist.barrier()
+
+    def broadcast_object(self, obj: Any, src: int = 0) -> Any:
+        if self._world_size == 1:
+            return obj
+        holder = [obj]
+        dist.broadcast_object_list(holder, src=src)
+        return holder[0]
+
+    def reduce_boolean_decision(self, decision: bool, all: bool = True) -> bool:
+        if self._world_size == 1:
+            return bool(decision)
+        votes = torch.tensor([int(bool(decision))], device=self._collective_device())
+        dist.all_reduce(votes, op=dist.ReduceOp.SUM)
+        return int(votes.item()) == self._world_size if all else int(votes.item()) > 0
+
+    def _collective_device(self) -> torch.device:
+        if dist.get_backend() == "gloo":
+            return torch.device("cpu")
+        return self.root_device or torch.device("cpu")
+
+    # state -----------------------------------------------------------------------------------
+    def model_state_dict(self, model: torch.nn.Module) -> dict[str, torch.Tensor]:
+        """The full weights, gathered shard by shard to rank 0 on the CPU (other ranks get an empty dict)."""
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+        options = StateDictOptions(full_state_dict=True, cpu_offload=True)
+        return get_model_state_dict(self.unwrap_model(model), options=options)
+
+    final_model_state_dict = model_state_dict
+
+    def load_model_state_dict(self, model: torch.nn.Module, state: dict[str, torch.Tensor], strict: bool = True) -> None:
+        """Full weights (e.g. a ``model.safetensors``) into the sharded model: each rank keeps its shard."""
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
+
+        set_model_state_dict(self.unwrap_model(model), state, options=StateDictOptions(full_state_dict=True, strict=strict))
+
+    def optimizer_state_dict(self, optimizer: Any) -> dict[str, Any]:
+        """The full optimizer state on rank 0 (for a checkpoint in the single-process layout)."""
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_optimizer_state_dict
+
+        options = StateDictOptions(full_state_dict=True, cpu_offload=True)
+        return get_optimizer_state_dict(self._require_model(), optimizer, options=options)
+
+    def load_optimizer_state_dict(self, optimizer: Any, state: dict[str, Any]) -> None:
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
+
+        set_optimizer_state_dict(self._require_model(), optimizer, state, options=StateDictOptions(full_state_dict=True))
+
+    def _require_model(self) -> torch.nn.Module:
+        if self._model is None:
+            raise RuntimeError("strategy fsdp: the optimizer state needs the sharded model; call setup_model first")
+        return self._model
+
+    def save_checkpoint(self, staging_dir: Path, model: torch.nn.Module, optimizer: Any, *, writer: bool) -> Any:
+        """Every rank writes its shard with DCP; ``state_dict_type=FULL_STATE_DICT`` adds a consolidated model.safetensors."""
+        from treadle.components import CheckpointWrite
+        from treadle.model_files import WEIGHTS_NAME, write_weights
+
+        model = self.unwrap_model(model)
+        files = sharded_checkpoint.save_sharded(Path(staging_dir), model, optimizer)
+        if self.settings.state_dict_type == "full":
+            full = self.model_state_dict(model)  # collective: every rank sends its shards
+            if writer:
+                write_weights(Path(staging_dir) / WEIGHTS_NAME, full)
+        return CheckpointWrite(pickled=files if writer else [])
+
+    def load_checkpoint(self, checkpoint_dir: Path, model: torch.nn.Module, optimizer: Any, manifest: Mapping[str, Any]) -> None:
+        """A DCP checkpoint reshards onto this run's processes; one in the full layout (another strategy's) is
+        read in full and sharded. ``optimizer`` None: the weights only."""
+        if sharded_checkpoint.has_shards(manifest):
+            sharded_checkpoint.load_sharded(Path(checkpoint_dir), self.unwrap_model(model), optimizer)
+        else:
+            super().load_checkpoint(checkpoint_dir, model, optimizer, manifest)
+
+    def teardown(self) -> None:
+        if self._owns_group and dist.is_initialized():
+            dist.destroy_process_group()
+        self._owns_group = False
+        self.mesh = None
+        super().teardown()
+
+
+def _full(norm: torch.Tensor) -> torch.Tensor:
+    """A DTensor norm (partial over the shards) as a plain tensor holding the global value."""
+    return norm.full_tensor() if hasattr(norm, "full_tensor") else norm
+
+
+@contextlib.contextmanager
+def _gradient_sync(model: torch.nn.Module, enabled: bool) -> Any:
+    setter = getattr(model, "set_requires_gradient_sync", None)
+    if setter is None:
+        yield
+        return
+    setter(enabled)
+    try:
+        yield
+    finally:
+        setter(True)
+
+
+__all__ = ["FsdpStrategy", "precision_dtype"]
