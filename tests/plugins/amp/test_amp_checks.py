@@ -104,5 +104,6 @@ def test_fp16_true_warns_about_adams_default_epsilon(tmp_path, caplog):
     with caplog.at_level("WARNING", logger="treadle"):
         demo_trainer(make_args(tmp_path, precision="fp16-true"))
         demo_trainer(make_args(tmp_path, precision="fp16-true", adam_epsilon=1e-4))
+        demo_trainer(make_args(tmp_path, fp16_full_eval=True))  # the eval precision trains nothing
     warned = [r.getMessage() for r in caplog.records if "adam_epsilon" in r.getMessage()]
     assert len(warned) == 1 and "is zero in float16" in warned[0]

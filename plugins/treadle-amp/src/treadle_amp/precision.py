@@ -59,7 +59,8 @@ class TruePrecision(_AutocastPrecision):
     def setup(self, device: torch.device) -> None:
         super().setup(device)
         epsilon = getattr(self.args, "adam_epsilon", None)
-        if self.dtype == torch.float16 and "adam" in str(self.args.optim) and epsilon is not None and epsilon < 1e-7:
+        trains = self.args.precision in ("fp16-true", "16-true")  # not when it only serves --fp16_full_eval
+        if trains and self.dtype == torch.float16 and "adam" in str(self.args.optim) and epsilon is not None and epsilon < 1e-7:
             logger.warning(
                 "fp16-true: --adam_epsilon %g is zero in float16, so Adam divides by zero where a gradient is zero "
                 "and the weights become NaN; use --adam_epsilon 1e-4, or bf16-true", epsilon,
