@@ -176,6 +176,10 @@ def treadle_report_env() -> list[tuple[str, str]]:
         lines.append(("torch", torch.__version__))
         lines.append(("torch cuda", f"{torch.version.cuda} (available: {torch.cuda.is_available()})"))
         lines.append(("torch threads", str(torch.get_num_threads())))
+        from treadle.builtin.cpu import default_threads
+
+        threads, why = default_threads()
+        lines.append(("cpu backend threads", f"{threads} per process ({why})"))
     except ImportError as exc:
         lines.append(("torch", f"not importable: {exc}"))
     lines.append(("optimizer libraries", _optimizer_libraries()))
