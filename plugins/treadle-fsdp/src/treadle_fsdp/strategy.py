@@ -9,35 +9,26 @@ parameters and its state is sharded with them.
 What differs from one process: the gradient norm is a global norm over the shards; the model
 weights for ``model.safetensors`` are gathered to rank 0 (``model_state_dict``); checkpoints hold
 one DCP shard per process (``sharded_checkpoint``); the mixed-precision policy comes from the
-run's precision plugin through its ``param_dtype`` / ``compute_dtype`` attribute, so this plugin
-never imports a precision plugin.
+run's precision plugin through its dtype attribute (``precision_dtype``), so this plugin never
+imports a precision plugin. Process topology, the group and the collectives are the core's
+``ProcessGroupStrategy``.
 """
 
 from __future__ import annotations
 
 import contextlib
-import datetime
-import os
 from pathlib import Path
 from typing import Any, Mapping, Optional
 
 import torch
-import torch.distributed as dist
 
-from treadle.components import NoSyncCapable, Strategy
+from treadle.components import NoSyncCapable
+from treadle.distributed import ProcessGroupStrategy, env_int
 from treadle.errors import UsageError
 from treadle_fsdp import options as fsdp_options
 from treadle_fsdp import sharded_checkpoint, wrapping
 
-_REDUCE_OPS = {"sum": dist.ReduceOp.SUM, "max": dist.ReduceOp.MAX, "min": dist.ReduceOp.MIN, "mean": dist.ReduceOp.SUM}
 _DTYPE_ATTRIBUTES = ("param_dtype", "compute_dtype", "dtype")
-_GROUP_BACKEND = {"cuda": "nccl", "xpu": "xccl", "hpu": "hccl"}
-"""Collective backend per device type; anything else (cpu) talks over gloo."""
-
-
-def _env_int(name: str, default: int) -> int:
-    value = os.environ.get(name, "").strip()
-    return int(value) if value.isdigit() else default
 
 
 def precision_dtype(precision: Any) -> Optional[torch.dtype]:
@@ -58,7 +49,7 @@ def precision_dtype(precision: Any) -> Optional[torch.dtype]:
     return None if value == torch.float32 else value
 
 
-class FsdpStrategy(Strategy, NoSyncCapable):
+class FsdpStrategy(ProcessGroupStrategy, NoSyncCapable):
     """Fully sharded data parallel on FSDP2 over the processes a launcher started."""
 
     name = "fsdp"
@@ -70,65 +61,27 @@ class FsdpStrategy(Strategy, NoSyncCapable):
             self.settings = fsdp_options.settings(args.fsdp, args.load_json_field("fsdp_config"))
         except fsdp_options.FsdpOptionError as exc:
             raise UsageError("\n".join(exc.problems)) from None
-        self._world_size = max(1, _env_int("WORLD_SIZE", 1))
-        self._rank = _env_int("RANK", 0)
-        self._local_rank = _env_int("LOCAL_RANK", 0)
-        self._owns_group = False
         self.mesh: Any = None
         self._init_rng: Optional[torch.Tensor] = None
         self._model: Optional[torch.nn.Module] = None
 
-    # process topology ------------------------------------------------------------------------
-    @property
-    def world_size(self) -> int:
-        return self._world_size
-
-    @property
-    def global_rank(self) -> int:
-        return self._rank
-
-    @property
-    def local_rank(self) -> int:
-        return self._local_rank
-
     def setup_environment(self) -> None:
-        """Pick the device, join the process group (or reuse the caller's), build the mesh."""
+        """Join (or adopt) the process group, then lay the processes out on this mode's mesh."""
         if self.mesh is not None:
             return
-        if self.root_device is None:
-            self.root_device = self.backend.setup_device(self.local_rank)
-        if not dist.is_initialized():
-            self._join_group()
-        self._world_size, self._rank = dist.get_world_size(), dist.get_rank()
+        super().setup_environment()
         self.mesh = self._build_mesh()
-
-    def _join_group(self) -> None:
-        backend = self.args.ddp_backend or _GROUP_BACKEND.get(self.root_device.type, "gloo")
-        timeout = datetime.timedelta(seconds=self.args.ddp_timeout or 1800)
-        try:
-            if self._world_size == 1 and not os.environ.get("MASTER_ADDR"):
-                dist.init_process_group(backend, store=dist.HashStore(), rank=0, world_size=1, timeout=timeout)
-            else:
-                dist.init_process_group(
-                    backend, init_method="env://", rank=self._rank, world_size=self._world_size, timeout=timeout
-                )
-        except (RuntimeError, ValueError) as exc:
-            raise UsageError(
-                f"strategy fsdp: rank {self._rank} of {self._world_size} could not join the process group (backend "
-                f"{backend}, MASTER_ADDR={os.environ.get('MASTER_ADDR')}, MASTER_PORT={os.environ.get('MASTER_PORT')}): {exc}"
-            ) from exc
-        self._owns_group = True
 
     def _build_mesh(self) -> Any:
         from torch.distributed.device_mesh import init_device_mesh
 
-        kind, world = self.settings.mesh_kind, self._world_size
+        kind, world = self.settings.mesh_kind, self.world_size
         device_type = self.root_device.type
         if kind == "shard":
             return init_device_mesh(device_type, (world,), mesh_dim_names=("shard",))
         if kind == "replicate":
             return init_device_mesh(device_type, (world, 1), mesh_dim_names=("replicate", "shard"))
-        per_node = _env_int("LOCAL_WORLD_SIZE", world)
+        per_node = env_int("LOCAL_WORLD_SIZE", world)
         if world % per_node:
             raise UsageError(
                 f"--fsdp {self.settings.mode}: {world} processes do not split into nodes of {per_node} (LOCAL_WORLD_SIZE)"
@@ -154,7 +107,7 @@ class FsdpStrategy(Strategy, NoSyncCapable):
         self.setup_environment()
         if not any(p.requires_grad for p in model.parameters()):
             raise UsageError("strategy fsdp: the model has no trainable parameter (all have requires_grad=False)")
-        if self.precision.scales_loss and self._world_size > 1:
+        if self.precision.scales_loss and self.world_size > 1:
             raise UsageError(
                 f"strategy fsdp: precision {self.precision.name!r} scales the loss, and its scaler looks only at this "
                 "process's gradient shards, so processes could disagree about skipping a step; use bf16 with fsdp"
@@ -167,11 +120,11 @@ class FsdpStrategy(Strategy, NoSyncCapable):
             )
         if not empty:
             model.to(self.root_device)
-            if self.settings.sync_module_states and self._world_size > 1:
+            if self.settings.sync_module_states and self.world_size > 1:
                 wrapping.broadcast_from_rank0(model)
         wrapping.shard_model(
             model, self.mesh, self.settings, param_dtype=precision_dtype(self.precision),
-            pin_memory=self.root_device.type == "cuda",
+            pin_memory=self.backend.pin_memory(),
         )
         if empty:
             rng = self._init_rng if self._init_rng is not None else torch.get_rng_state()
@@ -198,50 +151,6 @@ class FsdpStrategy(Strategy, NoSyncCapable):
         self.precision.unscale_gradients(optimizer)
         params = [p for p in model.parameters() if p.grad is not None]
         return _full(torch.nn.utils.clip_grad_norm_(params, max_norm))
-
-    # collectives -----------------------------------------------------------------------------
-    def all_reduce(self, tensor: torch.Tensor, op: str = "mean") -> torch.Tensor:
-        if op not in _REDUCE_OPS:
-            raise ValueError(f"all_reduce op {op!r}: expected one of {', '.join(_REDUCE_OPS)}")
-        result = tensor.detach().clone()
-        if op == "mean" and not result.is_floating_point():
-            result = result.double()
-        dist.all_reduce(result, op=_REDUCE_OPS[op])
-        return result / self._world_size if op == "mean" else result
-
-    def all_gather(self, tensor: torch.Tensor) -> torch.Tensor:
-        tensor = tensor.detach().contiguous().reshape(-1) if tensor.dim() == 0 else tensor.detach().contiguous()
-        parts = [torch.empty_like(tensor) for _ in range(self._world_size)]
-        dist.all_gather(parts, tensor)
-        return torch.cat(parts)
-
-    def all_gather_object(self, obj: Any) -> list[Any]:
-        gathered: list[Any] = [None] * self._world_size
-        dist.all_gather_object(gathered, obj)
-        return gathered
-
-    def barrier(self, name: str = "") -> None:
-        if dist.is_initialized():
-            dist.barrier()
-
-    def broadcast_object(self, obj: Any, src: int = 0) -> Any:
-        if self._world_size == 1:
-            return obj
-        holder = [obj]
-        dist.broadcast_object_list(holder, src=src)
-        return holder[0]
-
-    def reduce_boolean_decision(self, decision: bool, all: bool = True) -> bool:
-        if self._world_size == 1:
-            return bool(decision)
-        votes = torch.tensor([int(bool(decision))], device=self._collective_device())
-        dist.all_reduce(votes, op=dist.ReduceOp.SUM)
-        return int(votes.item()) == self._world_size if all else int(votes.item()) > 0
-
-    def _collective_device(self) -> torch.device:
-        if dist.get_backend() == "gloo":
-            return torch.device("cpu")
-        return self.root_device or torch.device("cpu")
 
     # state -----------------------------------------------------------------------------------
     def model_state_dict(self, model: torch.nn.Module) -> dict[str, torch.Tensor]:
@@ -298,9 +207,6 @@ class FsdpStrategy(Strategy, NoSyncCapable):
             super().load_checkpoint(checkpoint_dir, model, optimizer, manifest)
 
     def teardown(self) -> None:
-        if self._owns_group and dist.is_initialized():
-            dist.destroy_process_group()
-        self._owns_group = False
         self.mesh = None
         super().teardown()
 
