@@ -128,3 +128,36 @@ def test_a_resume_without_the_scaler_state_is_not_exact(tmp_path, monkeypatch):
     report = verify_resume(_resume_args(tmp_path, **BUSY_SCALER), stop_at=8, task="demo", workdir=tmp_path)
     assert not report.identical
     assert report.step == 9, str(report)
+
+
+class OutOfMemoryAbove:
+    """Raises an out-of-memory error in a training forward whose batch is larger than ``limit``,
+    from step ``at`` on (so the first attempt has already moved the loss scale)."""
+
+    def __init__(self, limit: int, at: int) -> None:
+        self.limit, self.at, self.step = limit, at, 0
+
+    @hookimpl
+    def treadle_on_step_begin(self, trainer, state) -> None:
+        self.step = state.global_step + 1
+        if not hasattr(self, "hooked"):
+            self.hooked = trainer.model.register_forward_pre_hook(self._check, with_kwargs=True)
+        self.attempts = getattr(self, "attempts", 0) + (state.global_step == 0)
+
+    def _check(self, module, args, kwargs):
+        if module.training and self.step >= self.at and kwargs["pixel_values"].shape[0] > self.limit:
+            raise torch.OutOfMemoryError("CUDA out of memory (simulated)")
+
+
+def test_a_batch_size_retry_starts_from_the_first_loss_scale(tmp_path):
+    common = dict(fp16=True, max_steps=4, logging_steps=4)
+    memory = OutOfMemoryAbove(limit=16, at=2)
+    retried = demo_trainer(make_args(tmp_path / "a", auto_find_batch_size=True, per_device_train_batch_size=32, **common),
+                           callbacks=[DisturbStep(at=1, factor=1e6), memory])
+    retried.train()
+    assert memory.attempts == 2 and retried._train_batch_size == 16  # the first attempt overflowed at step 1, then ran out of memory
+    direct = demo_trainer(make_args(tmp_path / "b", per_device_train_batch_size=16, **common),
+                          callbacks=[DisturbStep(at=1, factor=1e6)])
+    direct.train()
+    assert retried.precision.scaler.get_scale() == direct.precision.scaler.get_scale() == 32768.0
+    assert retried.precision.overflow_steps == direct.precision.overflow_steps == 1

@@ -20,7 +20,8 @@ from treadle.state import TrainerState
 
 
 class StartingPoint:
-    """The weights, an optimizer's and a scheduler's state and the RNG states, as they are now.
+    """The weights, an optimizer's and a scheduler's state, the precision's state (a loss scale) and
+    the RNG states, as they are now.
 
     The weights are copied to the CPU, so a retry after an out-of-memory error does not hold a
     second copy on the device. Pass the optimizer and scheduler given to the Trainer (or None):
@@ -33,6 +34,7 @@ class StartingPoint:
         self.optimizer_state = _state_copy(optimizer)
         self.scheduler_state = _state_copy(scheduler)
         self.rng = run_state.capture_rng_state(trainer)
+        self.precision_state = copy.deepcopy(trainer.precision.state_dict())  # a loss scale moves with the steps too
 
     def restore(self) -> None:
         self._model.load_state_dict(self.weights)
@@ -42,6 +44,7 @@ class StartingPoint:
         if self._scheduler is not None:
             self._scheduler.load_state_dict(copy.deepcopy(self.scheduler_state))
         run_state.restore_rng_state(self._trainer, self.rng)
+        self._trainer.precision.load_state_dict(copy.deepcopy(self.precision_state))
 
 
 def _state_copy(component: Any) -> Optional[dict[str, Any]]:
