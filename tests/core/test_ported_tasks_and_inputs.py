@@ -108,3 +108,19 @@ def test_a_damaged_weights_file_in_a_cli_resume_is_one_message(tmp_path, capsys,
     assert main(["train", *common, "--resume_from_checkpoint", "out/checkpoint-2"]) == 1
     err = capsys.readouterr().err
     assert "model.safetensors cannot be read" in err and "Traceback" not in err
+
+
+def test_resuming_a_finished_run_from_the_command_line_changes_nothing(tmp_path, capsys, monkeypatch):
+    from safetensors.torch import load_file
+
+    monkeypatch.chdir(tmp_path)
+    common = ["--task", "test_ported_tasks_and_inputs:mapping_task", "--max_steps", "6", "--save_steps", "4",
+              "--lr_scheduler_type", "constant", "--report_to", "none", "--output_dir", "out"]
+    assert main(["train", *common]) == 0
+    trained = load_file(str(tmp_path / "out" / "model.safetensors"))
+    capsys.readouterr()
+    assert main(["train", *common, "--resume_from_checkpoint", "true"]) == 0
+    assert "trained 6 steps" in capsys.readouterr().out
+    assert sorted(p.name for p in (tmp_path / "out").glob("checkpoint-*")) == ["checkpoint-4", "checkpoint-6"]
+    again = load_file(str(tmp_path / "out" / "model.safetensors"))
+    assert all(torch.equal(trained[k], again[k]) for k in trained)
