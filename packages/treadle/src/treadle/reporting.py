@@ -60,14 +60,17 @@ def scalar_metrics(logs: dict[str, Any]) -> dict[str, float]:
     return out
 
 
-def run_config(args: Any) -> dict[str, Any]:
+def run_config(args: Any, model: Any = None) -> dict[str, Any]:
     """The arguments as flat scalars for a service's config / params: credentials masked.
 
     ``to_sanitized_dict`` masks fields named like secrets (``hub_token``); the user part of a
     URL (``https://user:password@host``) is masked here too, since a tracking URI may carry one.
+    With ``model``, its parameter count is added as ``model/num_parameters``.
     """
-    flat = args.to_sanitized_dict()
-    return {key: _mask_url(value) for key, value in flat.items()}
+    config = {key: _mask_url(value) for key, value in args.to_sanitized_dict().items()}
+    if model is not None and hasattr(model, "parameters"):
+        config["model/num_parameters"] = sum(p.numel() for p in model.parameters())
+    return config
 
 
 def _mask_url(value: Any) -> Any:

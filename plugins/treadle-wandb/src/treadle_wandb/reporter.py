@@ -49,9 +49,7 @@ class WandbReporter(Reporter):
         tags = getattr(args, "wandb_tags", None)
         directory = getattr(args, "wandb_dir", None) or os.environ.get("WANDB_DIR") or args.output_dir
         os.makedirs(directory, exist_ok=True)
-        config = run_config(args)
-        if model is not None and hasattr(model, "parameters"):
-            config["model/num_parameters"] = sum(p.numel() for p in model.parameters())
+        config = run_config(args, model)
         try:
             self.run = wandb.init(
                 project=getattr(args, "wandb_project", None) or os.environ.get("WANDB_PROJECT") or args.project,
