@@ -8,10 +8,13 @@ evaluation outputs, within float tolerance (the sums are added in another order)
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import socket
 import subprocess
 import sys
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
@@ -29,13 +32,27 @@ TOLERANCE = dict(rtol=1e-5, atol=1e-6)
 
 
 def run(argv: list[str], timeout: float = 240, **env: str) -> subprocess.CompletedProcess:
+    return finish(launch(argv, **env), timeout)
+
+
+def launch(argv: list[str], **env: str) -> subprocess.Popen:
     # a clean start: not inside a launcher, and the ddp plugin loaded through its entry point (only it)
     launched = ("WORLD_SIZE", "RANK", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT", "TORCHELASTIC_RUN_ID",
                 "TREADLE_DISABLE_PLUGIN_AUTOLOAD")
     environ = {name: value for name, value in os.environ.items() if name not in launched}
     path = os.pathsep.join(filter(None, [str(HERE), os.environ.get("PYTHONPATH")]))
     environ.update(OMP_NUM_THREADS="1", PYTHONPATH=path, TREADLE_PLUGINS="ddp", **env)
-    return subprocess.run(argv, capture_output=True, text=True, timeout=timeout, env=environ)
+    return subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=environ)
+
+
+def finish(proc: subprocess.Popen, timeout: float = 240) -> subprocess.CompletedProcess:
+    try:
+        stdout, stderr = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        stdout, stderr = proc.communicate()
+        stderr += f"\n(killed after {timeout}s)"
+    return subprocess.CompletedProcess(proc.args, proc.returncode, stdout, stderr)
 
 
 def ok(result: subprocess.CompletedProcess) -> subprocess.CompletedProcess:
@@ -133,6 +150,68 @@ def test_two_rank_resume_is_exact(tmp_path):
             "--stop_at", "2", "--output_dir", str(tmp_path / "out")]
     result = ok(run(argv))
     assert result.stdout.count("identical:") == 2, result.stdout
+
+
+@dataclass
+class Machine:
+    address: str
+    prefix: list[str] = field(default_factory=list)
+    env: dict[str, str] = field(default_factory=dict)
+
+
+@contextlib.contextmanager
+def two_machines():
+    """Two "machines": network namespaces joined by a veth pair, each with its own address, where
+    this process may create them (root); otherwise both on 127.0.0.1."""
+    tag = f"trd{os.getpid() % 100000}"
+    names, subnet = (f"{tag}a", f"{tag}b"), f"10.{200 + os.getpid() % 50}.{os.getpid() % 250}"
+    addresses = (f"{subnet}.1", f"{subnet}.2")
+    steps = [["ip", "netns", "add", names[0]], ["ip", "netns", "add", names[1]],
+             ["ip", "link", "add", f"{names[0]}v", "type", "veth", "peer", "name", f"{names[1]}v"]]
+    for name, address in zip(names, addresses):
+        steps += [["ip", "link", "set", f"{name}v", "netns", name],
+                  ["ip", "-n", name, "addr", "add", f"{address}/24", "dev", f"{name}v"],
+                  ["ip", "-n", name, "link", "set", f"{name}v", "up"], ["ip", "-n", name, "link", "set", "lo", "up"]]
+    try:
+        try:
+            for step in steps:
+                subprocess.run(step, check=True, capture_output=True, timeout=30)
+        except (OSError, subprocess.SubprocessError):
+            yield [Machine("127.0.0.1"), Machine("127.0.0.1")]
+            return
+        yield [Machine(address, ["ip", "netns", "exec", name], {"GLOO_SOCKET_IFNAME": f"{name}v"})
+               for name, address in zip(names, addresses)]
+    finally:
+        for name in names:  # deleting a namespace deletes its end of the veth pair, and so the pair
+            subprocess.run(["ip", "netns", "del", name], capture_output=True)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def test_two_machines_through_c10d_rendezvous(one_process, tmp_path):
+    """2 "nodes" x 1 process meeting at a c10d rendezvous; storage not shared (save_on_each_node):
+    each node writes the same weights, those of one process with both nodes' batch."""
+    with two_machines() as machines:
+        endpoint = f"{machines[0].address}:{free_port()}"
+        procs = []
+        for node, machine in enumerate(machines):
+            own = ["--rdzv_conf", "is_host=1"] if node == 0 else []
+            argv = [*machine.prefix, *TREADLE, "train", "--nnodes", "2", "--nproc_per_node", "1", "--rdzv_backend", "c10d",
+                    "--rdzv_endpoint", endpoint, "--rdzv_id", tmp_path.name, "--local_addr", machine.address, *own,
+                    *COMMON, "--per_device_train_batch_size", "8", "--save_on_each_node",
+                    "--output_dir", str(tmp_path / f"node{node}")]
+            procs.append(launch(argv, **machine.env))
+        results = [finish(proc) for proc in procs]
+    for result in results:
+        ok(result)
+    node0, node1 = weights(tmp_path / "node0"), weights(tmp_path / "node1")
+    assert all(torch.equal(node0[name], node1[name]) for name in node0)
+    assert (tmp_path / "node1" / "checkpoint-4" / "manifest.json").is_file()
+    assert_same_training(tmp_path / "node0", one_process)
 
 
 def test_launcher_options_inside_a_launched_process_are_refused(tmp_path):

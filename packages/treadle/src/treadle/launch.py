@@ -30,6 +30,8 @@ LAUNCH_OPTIONS: dict[str, str] = {
     "rdzv_backend": "rendezvous backend, e.g. c10d (dynamic rendezvous)",
     "rdzv_endpoint": "host:port of the rendezvous (dynamic rendezvous)",
     "rdzv_id": "a job id shared by all machines of one run (dynamic rendezvous)",
+    "rdzv_conf": "rendezvous settings as key=value,... (e.g. is_host=1 on the machine that serves the endpoint)",
+    "local_addr": "this machine's address as the others reach it (default: its host name)",
     "max_restarts": "times torchrun restarts the whole group after a failure (default 0)",
 }
 """torchrun's options that ``treadle train`` accepts and passes on (help text for ``--help``)."""
@@ -95,7 +97,7 @@ def check_launch_options(options: dict[str, str], environ: Optional[dict[str, st
 def torchrun_argv(options: dict[str, str], command: str, rest: Sequence[str]) -> list[str]:
     """torchrun's command line for ``treadle <command> <rest>`` with these launcher options."""
     argv = [f"--{name}={value}" for name, value in options.items()]
-    rendezvous = {"master_addr", "master_port", "rdzv_backend", "rdzv_endpoint", "rdzv_id"} & set(options)
+    rendezvous = {"master_addr", "master_port", "rdzv_backend", "rdzv_endpoint", "rdzv_id", "rdzv_conf"} & set(options)
     if options.get("nnodes", "1") in ("1", "1:1") and not rendezvous:
         argv.append("--standalone")  # a free port on localhost: concurrent runs do not collide
     return [*argv, "--module", "treadle", command, *rest]

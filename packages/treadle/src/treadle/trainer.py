@@ -585,10 +585,11 @@ class Trainer(SeedTrainerMethods):
 
     def _agree_on_stop(self) -> None:
         """A stop asked for on one process stops every process; otherwise the others would wait
-        forever in the next step's collectives for the one that left."""
-        control, reduce = self.control, self.strategy.reduce_boolean_decision
-        control.should_training_stop = reduce(control.should_training_stop, all=False)
-        control.should_epoch_stop = reduce(control.should_epoch_stop, all=False)
+        forever in the next step's collectives for the one that left. Both flags in one collective."""
+        control = self.control
+        flags = torch.tensor([control.should_training_stop, control.should_epoch_stop], dtype=torch.int32, device=self._device)
+        training_stop, epoch_stop = self.strategy.all_reduce(flags, op="max").tolist()
+        control.should_training_stop, control.should_epoch_stop = bool(training_stop), bool(epoch_stop)
 
     def _run_optimizer_step(self, micro_batches: Sequence[Any]) -> None:
         """Forward and backward over the micro-batches of one step, then clip, check and step."""
