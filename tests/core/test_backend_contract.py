@@ -86,6 +86,19 @@ def test_the_device_rng_goes_into_the_checkpoint(tmp_path):
     assert torch.equal(resumed.backend.generator.get_state(), trainer.backend.generator.get_state())
 
 
+def test_the_run_seeds_the_device_generator(tmp_path):
+    args = demo_args(tmp_path, seed=21, max_steps=2)
+    trainer = demo_trainer(args)
+    assert trainer.backend.seeds == [21]
+    first = float(torch.rand(1, generator=trainer.backend.generator))
+
+    parts = build_demo(args)
+    again = Trainer(model_init=lambda: parts.model, args=args, train_dataset=parts.train_dataset)
+    again.train()  # model_init: seeded again before the model is built
+    assert again.backend.seeds == [21, 21]
+    assert again.backend.draws[0] == first
+
+
 def test_args_device_and_n_gpu_come_from_the_selected_backend(tmp_path):
     args = demo_args(tmp_path)
     assert args.device == torch.device("cpu") and args.n_gpu == 0

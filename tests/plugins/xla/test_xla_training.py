@@ -103,12 +103,22 @@ def test_tpu_metrics_debug_reports_at_the_end(tmp_path, caplog):
     assert len(report) == 1 and "CompileTime" in report[0]
 
 
-def test_cli_trains_and_resumes_on_xla(run_treadle, tmp_path):
-    common = ("--task", "demo", "--backend", "xla", "--output_dir", str(tmp_path / "run"), "--report_to", "none",
-              "--disable_tqdm", "true", "--per_device_train_batch_size", "32", "--eval_strategy", "no")
-    env = {"TREADLE_DISABLE_PLUGIN_AUTOLOAD": "", "PJRT_DEVICE": "CPU"}
-    first = run_treadle("train", *common, "--max_steps", "4", "--save_steps", "4", env=env)
-    assert first.returncode == 0, first.stderr
-    second = run_treadle("train", *common, "--max_steps", "6", "--resume_from_checkpoint", "true", env=env)
-    assert second.returncode == 0, second.stderr
-    assert "resum" in (second.stdout + second.stderr).lower()
+def test_cli_trains_on_xla_and_resumes_exactly(run_treadle, tmp_path):
+    """``treadle verify-resume``: one process trains straight, stops, resumes, and compares (one import)."""
+    done = run_treadle("verify-resume", "--task", "demo", "--backend", "xla", "--max_steps", "6", "--stop_at", "3",
+                       "--per_device_train_batch_size", "32", "--eval_strategy", "no", "--report_to", "none",
+                       env={"TREADLE_DISABLE_PLUGIN_AUTOLOAD": "", "PJRT_DEVICE": "CPU"})
+    assert done.returncode == 0, done.stderr
+    assert "identical: 6 steps straight and 3 + resume + 3 agree" in done.stdout
+
+
+def test_args_device_is_the_xla_device_and_leaves_its_generator_alone(tmp_path):
+    import torch_xla.core.xla_model as xm
+
+    args = make_args(tmp_path, "xla")
+    trainer = Trainer(model=small_regression(args).model, args=args)
+    assert xm.get_rng_state() == args.seed  # the Trainer seeded XLA's generator
+    xm.set_rng_state(12345)
+    assert args.device == trainer.strategy.root_device and args.device.type == "xla"
+    assert args.n_gpu == 0 and args.parallel_mode == "tpu"
+    assert xm.get_rng_state() == 12345

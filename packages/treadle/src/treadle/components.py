@@ -112,6 +112,10 @@ class Backend(ABC):
     def reset_peak_memory_stats(self) -> None:
         """Start a new peak for ``memory_stats()["peak"]`` (called when a measured stage begins)."""
 
+    def manual_seed(self, seed: int) -> None:
+        """Seed a device generator that ``torch.manual_seed`` does not reach (XLA's own); called
+        where the run seeds torch (the Trainer once the device is set up, and before ``model_init``)."""
+
     def rng_state(self) -> dict[str, torch.Tensor]:
         """Device RNG state to keep in a checkpoint (the CPU generator is saved by the core)."""
         return {}

@@ -31,8 +31,12 @@ def enable_full_determinism(seed: int) -> None:
     torch.backends.cudnn.benchmark = False
 
 
-def seed_from_args(args: object) -> None:
+def seed_from_args(args: object, backend: object = None) -> None:
+    """Seed from ``args.seed`` (deterministic kernels with ``full_determinism``), and the backend's
+    own device generator when one is given (``Backend.manual_seed``)."""
     if getattr(args, "full_determinism", False):
         enable_full_determinism(args.seed)
     else:
         set_seed(args.seed)
+    if backend is not None:
+        backend.manual_seed(args.seed)

@@ -148,6 +148,7 @@ class Trainer(SeedTrainerMethods):
         """The precision of ``--fp16_full_eval`` / ``--bf16_full_eval``, or None (evaluate as trained)."""
         self.component_specs = components.specs
         self.strategy.setup_environment()
+        self.backend.manual_seed(args.seed)  # a device generator torch.manual_seed does not reach (XLA's)
         self._memory = MemoryTracker(self.backend, enabled=not args.skip_memory_metrics)
         self._memory.start("init")
         for precision in (self.precision, self.eval_precision):
@@ -263,7 +264,7 @@ class Trainer(SeedTrainerMethods):
         try:
             lifecycle.ensure_environment(self)  # a previous run's end tore the strategy down
             if self.model_init is not None:
-                seed_from_args(self.args)
+                seed_from_args(self.args, self.backend)
                 self._replace_model(self.call_model_init(trial))
             run = functools.partial(
                 self._inner_training_loop, resume_from_checkpoint=resume_from_checkpoint, trial=trial,

@@ -6,8 +6,9 @@ step and every evaluation batch, and that is where the graph is cut (``torch_xla
 each training step compiles once and then replays. Dataloaders are wrapped in torch_xla's
 ``MpDeviceLoader``, which copies the next batches to the device in a background thread.
 
-The device RNG is XLA's own running seed (``torch.manual_seed`` does not reach it): it is
-seeded from ``--seed`` and goes into checkpoints, so dropout resumes exactly.
+The device RNG is XLA's own running seed (``torch.manual_seed`` does not reach it): the run
+seeds it from ``--seed`` (``manual_seed``) and it goes into checkpoints, so dropout resumes
+exactly. ``setup_device`` has no other effect, so ``TrainingArguments.device`` may call it.
 
 ``--debug tpu_metrics_debug`` prints torch_xla's metrics report (compilations, transfers,
 execution times) when training ends.
@@ -78,12 +79,15 @@ class XlaBackend(Backend):
     def setup_device(self, local_rank: int) -> torch.device:
         if self.device is None:
             import torch_xla
-            import torch_xla.core.xla_model as xm
 
             self.device = torch_xla.device()
-            # XLA's generator is its own; seed it like the CPU one so dropout is reproducible.
-            xm.set_rng_state(int(self.args.seed), device=self.device)
         return self.device
+
+    def manual_seed(self, seed: int) -> None:
+        """XLA's generator is its own (``torch.manual_seed`` leaves it): seed it so dropout repeats."""
+        import torch_xla.core.xla_model as xm
+
+        xm.set_rng_state(int(seed), device=self.device)
 
     def move_batch(self, batch: Any, device: torch.device) -> Any:
         from treadle.model_io import move_to_device
