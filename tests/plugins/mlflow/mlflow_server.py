@@ -40,7 +40,9 @@ class MlflowServer:
                    "--artifacts-destination", str(self.root / "artifacts"), "--host", "127.0.0.1",
                    "--port", str(self.port), "--workers", "1"]
         log = open(self.root / "server.log", "w")
-        self.process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, start_new_session=True, cwd=self.root)
+        env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}  # no job-runner processes: tracking only
+        self.process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, start_new_session=True, cwd=self.root,
+                                        env=env)
         deadline = time.monotonic() + START_TIMEOUT
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
@@ -60,5 +62,9 @@ class MlflowServer:
         try:
             self.process.wait(timeout=30)
         except subprocess.TimeoutExpired:
+            pass
+        try:  # whatever of the group outlived its parent (uvicorn's worker)
             os.killpg(self.process.pid, signal.SIGKILL)
-            self.process.wait(timeout=30)
+        except ProcessLookupError:
+            pass
+        self.process.wait(timeout=30)
