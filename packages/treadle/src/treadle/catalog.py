@@ -88,6 +88,10 @@ class Catalog:
     def hint(self, kind: str, name: str, distribution: str) -> None:
         self.install_hints[(kind, name)] = distribution
 
+    def distributions_of_kind(self, kind: str) -> list[str]:
+        """Every distribution the catalog knows to provide a component of ``kind`` (install hints)."""
+        return sorted({dist for (k, _), dist in self.install_hints.items() if k == kind})
+
     def distribution_for(self, kind: str, name: str) -> Optional[str]:
         return self.install_hints.get((kind, name))
 

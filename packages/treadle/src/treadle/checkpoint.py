@@ -129,7 +129,7 @@ def save_checkpoint(trainer: Any, metrics: Optional[Mapping[str, float]] = None,
     strategy.barrier("treadle-checkpoint-strategy")
     if writer:
         try:
-            write_model_files(staging, strategy.unwrap_model(trainer.model), None, args)
+            write_model_files(staging, strategy.unwrap_model(trainer.model), None, args, getattr(trainer, "processing_class", None))
             if training is not None:
                 run_state.write(staging, training, single_process=strategy.world_size == 1)
             state.save_to_json(str(staging / TRAINER_STATE_NAME))
@@ -215,7 +215,10 @@ def save_model_files(trainer: Any, output_dir: Union[str, os.PathLike]) -> Path:
     model_state = trainer.strategy.model_state_dict(trainer.model)
     if _is_writer(trainer.args, trainer.strategy):
         model = trainer.strategy.unwrap_model(trainer.model)
-        replace_files_atomically(directory, lambda staging: write_model_files(staging, model, model_state, trainer.args))
+        processing = getattr(trainer, "processing_class", None)
+        replace_files_atomically(
+            directory, lambda staging: write_model_files(staging, model, model_state, trainer.args, processing)
+        )
     trainer.strategy.barrier("treadle-save-model")
     return directory
 

@@ -668,4 +668,8 @@ class TaskParts:
     model_init: Optional[Callable] = None
     preprocess_logits_for_metrics: Optional[Callable] = None
     callbacks: Optional[list] = None
+    processing_class: Any = None
+    """The tokenizer / processor: saved next to the model (``save_pretrained``) when present."""
+    trainer_class: Any = None
+    """The Trainer subclass to run the task with (e.g. ``treadle.Seq2SeqTrainer``); default Trainer."""
 

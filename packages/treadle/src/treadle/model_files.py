@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Mapping
+from typing import TYPE_CHECKING, Any, Mapping, Optional
 
 from treadle.serialization import UnsupportedStateError, fsync_path, unreadable_file_is_checkpoint_error, unshare_tensors
 
@@ -51,7 +51,9 @@ def read_weights(path: Path) -> dict[str, torch.Tensor]:
     return state
 
 
-def write_model_files(directory: Path, model: Any, state_dict: Mapping[str, Any], args: Any) -> list[str]:
+def write_model_files(
+    directory: Path, model: Any, state_dict: Optional[Mapping[str, Any]], args: Any, processing_class: Any = None
+) -> list[str]:
     """Write weights, the model's config (when it has one) and ``training_args.json``.
 
     ``model`` is the unwrapped user model; ``state_dict`` its full weights (None: no weights
@@ -68,7 +70,19 @@ def write_model_files(directory: Path, model: Any, state_dict: Mapping[str, Any]
     if args is not None and hasattr(args, "to_json_string"):
         (directory / TRAINING_ARGS_NAME).write_text(args.to_json_string(), encoding="utf-8")
         written.append(TRAINING_ARGS_NAME)
+    written += write_processing_files(directory, processing_class)
     return written
+
+
+def write_processing_files(directory: Path, processing_class: Any) -> list[str]:
+    """The tokenizer / processor's own files (``save_pretrained``), so the folder loads whole with
+    ``from_pretrained``; the names of the files it added."""
+    save = getattr(processing_class, "save_pretrained", None)
+    if save is None:
+        return []
+    before = {p for p in directory.rglob("*") if p.is_file()}
+    save(str(directory))
+    return sorted(str(p.relative_to(directory)) for p in directory.rglob("*") if p.is_file() and p not in before)
 
 
 def replace_files_atomically(directory: Path, write: Any) -> list[str]:
@@ -87,6 +101,7 @@ def replace_files_atomically(directory: Path, write: Any) -> list[str]:
         for name in names:
             fsync_path(staging / name)
         for name in names:
+            (directory / name).parent.mkdir(parents=True, exist_ok=True)
             os.replace(staging / name, directory / name)
         fsync_path(directory)
     finally:

@@ -109,8 +109,12 @@ def _where(exc: BaseException) -> str:
 def make_trainer(args: Any, parts: TaskParts) -> Any:
     from treadle.trainer import Trainer
 
-    return Trainer(
+    trainer_class = parts.trainer_class or Trainer
+    if not (isinstance(trainer_class, type) and issubclass(trainer_class, Trainer)):
+        raise UsageError(f"task {args.task!r}: trainer_class must be treadle.Trainer or a subclass, got {trainer_class!r}")
+    return trainer_class(
         model=parts.model,
+        processing_class=parts.processing_class,
         args=args,
         data_collator=parts.data_collator,
         train_dataset=parts.train_dataset,

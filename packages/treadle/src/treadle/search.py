@@ -280,10 +280,9 @@ def build_search_backend(args: Any, name: Optional[str]) -> Any:
             from treadle.catalog import get_catalog
             from treadle.install_hints import install_command
 
-            suggested = get_catalog().distribution_for("search", "optuna")
-            raise UsageError(
-                f"hyperparameter search needs a search backend plugin, and none is installed. To add one: {install_command(suggested)}"
-            )
+            known = get_catalog().distributions_of_kind("search")
+            hint = f" To add one: {' or '.join(install_command(d) for d in known)}" if known else ""
+            raise UsageError(f"hyperparameter search needs a search backend plugin, and none is installed.{hint}")
         name = names[0]
     spec = pm.resolve("search", getattr(name, "value", name), args)
     return spec.load()(args, **spec.init)
