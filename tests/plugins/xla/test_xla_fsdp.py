@@ -28,11 +28,16 @@ def _pjrt_cpu(monkeypatch):
 
 def test_xla_fsdp_trains_like_cpu_and_resumes_from_its_shard(tmp_path):
     options = dict(max_steps=6, per_device_train_batch_size=16, max_grad_norm=1.0)
-    sharded = train(small_regression, tmp_path / "fsdp", "xla", save_strategy="steps", save_steps=3, **FSDP, **options)
+    sharded = train(small_regression, tmp_path / "fsdp", "xla", save_strategy="steps", save_steps=3, eval_strategy="steps",
+                    eval_steps=3, load_best_model_at_end=True, metric_for_best_model="loss", **FSDP, **options)
     assert sharded.strategy.name == "xla_fsdp"
     assert type(sharded.model_wrapped).__name__ == "XlaFullyShardedDataParallel"
     cpu = train(small_regression, tmp_path / "cpu", "cpu", **options)
     torch.testing.assert_close(logged(sharded, "loss"), logged(cpu, "loss"), rtol=1e-3, atol=1e-6)
+    # the best checkpoint's shard came back into the wrapper: evaluating now gives its eval loss
+    best = min(logged(sharded, "eval_loss"))
+    assert sharded.state.best_model_checkpoint is not None
+    torch.testing.assert_close(sharded.evaluate()["eval_loss"], best, rtol=1e-5, atol=1e-7)
 
     checkpoint = tmp_path / "fsdp" / "checkpoint-3"
     assert (checkpoint / "xla_fsdp" / "model-rank00000-of-00001.safetensors").is_file()
