@@ -134,3 +134,14 @@ def test_cpu_backend_steps_call_no_backend_method(tmp_path):
     assert watcher.seen == (None, None, False)
     counting = demo_trainer(demo_args(tmp_path))
     assert counting._step_end is not None and counting._process_loader is not None and counting._inputs_to_device
+
+
+def test_env_lists_every_backend_with_its_availability(capsys):
+    from treadle.cli import main
+
+    assert main(["env"]) == 0
+    out = capsys.readouterr().out
+    block = out.split("- backends (--backend auto takes the first available):\n")[1].split("- plugins:")[0]
+    assert "    - cpu (treadle): available\n" in block
+    assert "    - counting (treadle-fixture-device): available\n" in block
+    assert block.index("cpu (treadle)") < block.index("counting")  # in auto order: priority -10 comes last
