@@ -84,3 +84,10 @@ def test_tf32_on_a_non_cuda_backend_is_refused(tmp_path):
     args = TrainingArguments(output_dir=str(tmp_path), backend="mps", tf32=True)
     with pytest.raises(UsageError, match="tf32: TF32 is a mode of CUDA GPUs"):
         check_arguments(args)
+
+
+def test_use_cpu_and_no_cuda_still_force_the_cpu(tmp_path):
+    assert TrainingArguments(output_dir=str(tmp_path), use_cpu=True).device == torch.device("cpu")
+    with pytest.warns(FutureWarning, match="no_cuda"):
+        args = TrainingArguments(output_dir=str(tmp_path), no_cuda=True)
+    assert args.backend == "cpu" and args.device == torch.device("cpu") and args.n_gpu == 0

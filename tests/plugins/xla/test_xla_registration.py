@@ -64,3 +64,10 @@ def test_xla_fsdp_config_on_another_backend_is_one_clear_message(run_treadle):
                        env={"TREADLE_DISABLE_PLUGIN_AUTOLOAD": ""})
     assert done.returncode == 2, done.stderr
     assert "fsdp_config: 'xla': true needs backend 'xla'" in done.stderr and "Traceback" not in done.stderr
+
+
+def test_tpu_num_cores_means_the_xla_backend_and_strategy(tmp_path):
+    with pytest.warns(FutureWarning, match="tpu_num_cores"):
+        args = TrainingArguments(output_dir=str(tmp_path), report_to=["none"], tpu_num_cores=8)
+    check_arguments(args)
+    assert (args.backend, args.strategy) == ("xla", "xla")
