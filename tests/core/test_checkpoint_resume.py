@@ -120,7 +120,10 @@ def test_callback_states_are_restored_only_when_asked(tmp_path):
 
 
 def test_the_command(tmp_path, capsys, monkeypatch):
-    from treadle.verify_resume import main
+    from treadle.cli import main as cli_main
+
+    def main(argv):
+        return cli_main(["verify-resume", *argv])
 
     monkeypatch.chdir(tmp_path)
     common = ["--task", "resume_task:build", "--max_steps", "12", "--per_device_train_batch_size", "8",

@@ -4,7 +4,11 @@ from __future__ import annotations
 
 import logging
 
-from treadle.verify_resume import main
+from treadle.cli import main as cli_main
+
+
+def main(argv):
+    return cli_main(["verify-resume", *argv])
 
 COMMON = ["--task", "resume_task:build", "--max_steps", "6", "--per_device_train_batch_size", "8",
           "--report_to", "console", "--logging_steps", "2", "--save_strategy", "no", "--seed", "3"]

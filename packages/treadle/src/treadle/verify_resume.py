@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import dataclasses
 import hashlib
 import json
 import logging
@@ -28,7 +29,7 @@ import shutil
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Optional, Sequence, Union
+from typing import Any, Callable, Optional, Union
 
 from treadle.errors import UsageError
 from treadle.markers import hookimpl
@@ -273,24 +274,16 @@ def _args_for(args: Any, output_dir: Path) -> Any:
 
 def _train(args: Any, build: Callable, trainer_cls: Optional[type], *, resume: Optional[str], stop_at: Optional[int]):
     from treadle.randomness import seed_from_args
+    from treadle.run import make_trainer
     from treadle.trainer import Trainer
 
     seed_from_args(args)  # the model is built before the Trainer exists: seed it as a run would
     parts = build(args)
     recorder = StepRecorder()
     callbacks = list(parts.callbacks or []) + [recorder] + ([StopAt(stop_at)] if stop_at else [])
-    cls = recording_trainer_class(trainer_cls or Trainer, recorder)
-    trainer = cls(
-        model=parts.model,
-        args=args,
-        data_collator=parts.data_collator,
-        train_dataset=parts.train_dataset,
-        eval_dataset=parts.eval_dataset,
-        compute_metrics=parts.compute_metrics,
-        model_init=parts.model_init,
-        preprocess_logits_for_metrics=parts.preprocess_logits_for_metrics,
-        callbacks=callbacks,
-    )
+    base = trainer_cls or parts.trainer_class or Trainer
+    parts = dataclasses.replace(parts, callbacks=callbacks, trainer_class=recording_trainer_class(base, recorder))
+    trainer = make_trainer(args, parts)  # built as `treadle train` builds it
     trainer.train(resume_from_checkpoint=resume)
     weights = {k: v.detach().cpu().clone() for k, v in trainer.strategy.model_state_dict(trainer.model).items()}
     return recorder, weights
@@ -383,10 +376,3 @@ def run_cli(args: Any, stop_at: int, verbose: bool = False) -> int:
     report = verify_resume(args, stop_at, progress=lambda line: print(line, file=sys.stderr, flush=True), verbose=verbose)
     print(report)
     return 0 if report.identical else 1
-
-
-def main(argv: Optional[Sequence[str]] = None) -> int:
-    """``treadle verify-resume [train arguments] --stop_at N`` as a function of argv."""
-    from treadle.cli import main as cli_main
-
-    return cli_main(["verify-resume", *(argv or [])])
