@@ -386,9 +386,9 @@ class TrainingArguments:
         None, HUB, "Repository to sync with, 'name' or 'org/name'; defaults to the name of output_dir."
     )
     hub_strategy: str = _f("every_save", HUB, "What to upload and when.", choices=rules.HUB_STRATEGIES)
-    hub_token: Optional[str] = _f(None, HUB, "Access token for uploads; defaults to the locally stored login. Never printed.")
+    hub_token: Optional[str] = _f(None, HUB, "Access token for uploads; defaults to HF_TOKEN, then the stored login. Never printed or saved.")
     hub_private_repo: Optional[bool] = _f(None, HUB, "Create the repository as private; unset follows the account's default.")
-    hub_always_push: bool = _f(False, HUB, "Start a new upload even if the previous one is still running.")
+    hub_always_push: bool = _f(False, HUB, "Upload every save, one after the other, instead of letting a newer save replace one still waiting.")
     hub_revision: Optional[str] = _f(None, HUB, "Branch, tag or commit to push to.")
 
     # ------------------------------------------------------------------ Reporting

@@ -33,6 +33,7 @@ COMMANDS: dict[str, str] = {
     "env": "print versions, platform, devices and plugins for a bug report",
     "verify-resume": "train straight and with a stop + resume; report where they first differ",
     "search": "search hyperparameters: many short trainings, the best values at the end",
+    "plot": "draw a run's loss, learning rate and evaluation curves to a PNG (needs matplotlib)",
 }
 
 USAGE = f"""usage: treadle [--version] [--help] <command> [arguments] [config.yaml ...]
@@ -358,6 +359,12 @@ def _env(command: str, rest: list[str]) -> int:
     return 0
 
 
+def _plot(command: str, rest: list[str]) -> int:
+    from treadle.plot import main as plot_main
+
+    return plot_main(rest)
+
+
 HANDLERS: dict[str, Callable[[str, list[str]], int]] = {
     "train": _run,
     "evaluate": _run,
@@ -367,6 +374,7 @@ HANDLERS: dict[str, Callable[[str, list[str]], int]] = {
     "args": _args,
     "plugins": _plugins,
     "env": _env,
+    "plot": _plot,
 }
 
 if __name__ == "__main__":  # python -m treadle.cli
