@@ -616,14 +616,9 @@ class HubSync(ABC):
     def init_repo(self, token: Optional[str] = None) -> Any:
         """Create (or find) the repository now and return its id (``Trainer.init_hf_repo``);
         uploads otherwise create it on first use."""
-        raise NotImplementedError(f"hub {self.name!r} cannot create its repository ahead of the first upload")
-
-    def init_repo(self, token: Optional[str] = None) -> Any:
-        """Create the repository named by the ``hub_*`` arguments if it does not exist; return its
-        id or URL (``Trainer.init_hf_repo``)."""
         from treadle.errors import UsageError
 
-        raise UsageError(f"hub plugin {self.name!r} cannot create repositories")
+        raise UsageError(f"hub plugin {self.name!r} cannot create its repository ahead of the first upload")
 
 
 class SearchBackend(ABC):

@@ -27,7 +27,7 @@ from treadle.markers import hookspec
 if TYPE_CHECKING:  # imported for annotations only: this module must stay light
     from treadle.args import TrainingArguments
     from treadle.catalog import Catalog
-    from treadle.plugins import ArgumentSchema, ComponentSpec, Register
+    from treadle.registry import ArgumentSchema, ComponentSpec, Register
     from treadle.state import TrainerControl, TrainerState
 
 
