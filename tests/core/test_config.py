@@ -41,6 +41,14 @@ def test_lists_as_words_or_commas(pm):
     assert parse(["--report_to=jsonl,console"], pm).args.report_to == ["jsonl", "console"]
 
 
+def test_a_quoted_list_of_choices_is_its_words(pm):
+    """The seeds write --fsdp "full_shard auto_wrap": one word with a space, each part a choice."""
+    parsed = parse(["--fsdp", "full_shard auto_wrap"], pm, check_selections=False)  # no fsdp plugin here
+    assert parsed.args.fsdp == ["full_shard", "auto_wrap"]
+    with pytest.raises(UsageError, match="'auto_warp' is not one of"):
+        parse(["--fsdp", "full_shard auto_warp"], pm, check_selections=False)
+
+
 def test_negative_numbers_are_values(pm):
     assert parse(["--max_steps", "-1"], pm).args.max_steps == -1
 

@@ -154,3 +154,10 @@ def run_ranks(world: int, target: Callable, *args: Any, plugins: str = "fsdp", t
     assert errors.empty(), errors.get()
     assert not hung, f"ranks {hung} still ran after {timeout}s"
     assert [p.exitcode for p in procs] == [0] * world
+
+
+def cli_task(args: Any) -> Any:
+    """``--task fsdp_kit:cli_task`` for the command-line tests (built inside the strategy's model_init_context)."""
+    from treadle import TaskParts
+
+    return TaskParts(model=TinyNet(), train_dataset=dataset(), eval_dataset=dataset())

@@ -377,6 +377,8 @@ def _check_choice(info: FieldInfo, value: Any, where: str) -> None:
     if info.choices is None or value is None:
         return
     values = value if isinstance(value, list) else [value]
+    if isinstance(value, list):  # one word may hold several, as the seeds write them: --fsdp "full_shard auto_wrap"
+        values = [w for item in value for w in (re.split(r"[\s,]+", item) if isinstance(item, str) else [item]) if w != ""]
     for item in values:
         if item not in info.choices:
             close = difflib.get_close_matches(str(item), [str(c) for c in info.choices], n=1)
