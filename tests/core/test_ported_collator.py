@@ -5,10 +5,9 @@ from __future__ import annotations
 import numpy as np
 import torch
 from torch import nn
+from trainer_kit import make_args
 from treadle import Trainer
 from treadle.data import default_data_collator
-
-from trainer_kit import make_args
 
 
 def test_numpy_scalars_and_nested_lists_become_tensors():

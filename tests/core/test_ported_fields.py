@@ -9,12 +9,11 @@ import pytest
 import torch
 from torch import nn
 from torch.nn import functional as F
+from trainer_kit import Classifier, make_args, make_data
 from treadle import Trainer, hookimpl
 from treadle.components import Backend
 from treadle.errors import TreadleError, UsageError
 from treadle.plugins import TreadlePluginManager, get_plugin_manager, reset_plugin_manager
-
-from trainer_kit import Classifier, make_args, make_data
 
 # ------------------------------------------------------------------ memory metrics
 

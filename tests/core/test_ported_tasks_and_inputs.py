@@ -7,6 +7,8 @@ import json
 
 import pytest
 import torch
+from checkpoint_standin import StandinTrainer
+from trainer_kit import Classifier, make_args, make_data
 from treadle import Trainer
 from treadle.args import TrainingArguments
 from treadle.checkpoint import load_checkpoint, resolve_resume_checkpoint, save_checkpoint
@@ -14,9 +16,6 @@ from treadle.cli import main
 from treadle.errors import CheckpointError, UsageError
 from treadle.plugins import TreadlePluginManager
 from treadle.run import run_command
-
-from checkpoint_standin import StandinTrainer
-from trainer_kit import Classifier, make_args, make_data
 
 
 def mapping_task(args):

@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import pytest
 import torch
+from trainer_kit import Classifier, Recorder, identical_weights, make_args, make_data, weights
 from treadle import Trainer
 from treadle.markers import hookimpl
-
-from trainer_kit import Classifier, Recorder, identical_weights, make_args, make_data, weights
 
 
 class RateProbe:
