@@ -24,8 +24,6 @@ from treadle.errors import UsageError
 
 REDUCE_OPS = {"sum": dist.ReduceOp.SUM, "max": dist.ReduceOp.MAX, "min": dist.ReduceOp.MIN, "mean": dist.ReduceOp.SUM}
 
-DEFAULT_BACKENDS = {"cuda": "nccl", "xpu": "xccl", "hpu": "hccl"}
-"""Collective backend for a device type; anything else (cpu, mps) talks over gloo."""
 
 
 def env_int(name: str, default: int) -> int:
@@ -60,10 +58,9 @@ class ProcessGroupStrategy(Strategy):
         return self._local_rank
 
     def process_group_backend(self) -> str:
-        """``--ddp_backend``, else the backend's choice (``Backend.distributed_backend``: nccl for CUDA),
-        else the usual one for the device type (gloo for the CPU)."""
-        return (self.args.ddp_backend or getattr(self.backend, "distributed_backend", None)
-                or DEFAULT_BACKENDS.get(self.root_device.type, "gloo"))
+        """``--ddp_backend``, else the backend's choice (``Backend.distributed_backend``: nccl for
+        CUDA), else gloo, which every device can fall back on."""
+        return self.args.ddp_backend or self.backend.distributed_backend or "gloo"
 
     def setup_environment(self) -> None:
         """Pick the device, then join the process group (or adopt one that is already there)."""
@@ -157,4 +154,4 @@ class ProcessGroupStrategy(Strategy):
         super().teardown()
 
 
-__all__ = ["ProcessGroupStrategy", "DEFAULT_BACKENDS", "REDUCE_OPS", "env_int"]
+__all__ = ["ProcessGroupStrategy", "REDUCE_OPS", "env_int"]
