@@ -5,8 +5,9 @@ answers the routes ``huggingface_hub`` calls for what treadle-hub does -- who am
 or a branch, preupload, commit (regular files, deletions), repo info, the file tree, file
 downloads -- with the response shapes the client parses, and records every request so a test
 can ask what reached the hub: which commits, with which files, in which order, with which
-token. Every file is answered as a regular (non-LFS) upload, so neither git-LFS nor Xet
-transfers are needed.
+token. Every file is answered as a regular (non-LFS) upload unless ``lfs_from`` is set: then
+files of that many bytes or more go through git-LFS's basic transfer (batch, PUT, verify), as
+the client does with ``HF_HUB_DISABLE_XET=1`` (the Xet protocol is not spoken here).
 
 A test can make commits fail (``fail_commits``: an HTTP status for the next N commits, or for
 all of them) and make them slow (``commit_delay``), to exercise retries and background uploads.
@@ -26,6 +27,10 @@ from typing import Any, Optional
 from urllib.parse import parse_qs, unquote, urlparse
 
 USER = "tester"
+
+
+def _sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
 
 
 def git_blob_id(data: bytes) -> str:
@@ -71,6 +76,8 @@ class FakeHub:
         self.repos: dict[str, Repo] = {}
         self.requests: list[dict[str, Any]] = []
         self.lock = threading.Lock()
+        self.lfs_from: Optional[int] = None
+        self.lfs_objects: dict[str, bytes] = {}  # sha256 -> content, as an LFS store keeps them
         self.fail_status: Optional[int] = None
         self.fail_remaining = 0
         self.commit_delay = 0.0
@@ -163,10 +170,10 @@ class FakeHub:
         answers = []
         for entry in body.get("files", []):
             existing = current.get(entry["path"])
-            answers.append({
-                "path": entry["path"], "uploadMode": "regular", "shouldIgnore": False,
-                "oid": git_blob_id(existing) if existing is not None else None,
-            })
+            lfs = self.lfs_from is not None and entry["size"] >= self.lfs_from
+            oid = None if existing is None else (_sha256(existing) if lfs else git_blob_id(existing))
+            answers.append({"path": entry["path"], "uploadMode": "lfs" if lfs else "regular", "shouldIgnore": False,
+                            "oid": oid})
         return 200, {"files": answers}
 
     def commit(self, repo_id: str, revision: str, lines: list[dict[str, Any]]) -> tuple[int, Any]:
@@ -203,6 +210,11 @@ class FakeHub:
                 elif key == "file":
                     files[value["path"]] = base64.b64decode(value["content"])
                     added.append(value["path"])
+                elif key == "lfsFile":
+                    if value["oid"] not in self.lfs_objects:
+                        return 400, {"error": f"LFS object {value['oid']} was never uploaded"}
+                    files[value["path"]] = self.lfs_objects[value["oid"]]
+                    added.append(value["path"])
                 elif key == "deletedFile":
                     files.pop(value["path"], None)
                     deleted.append(value["path"])
@@ -226,7 +238,7 @@ class FakeHub:
     def tree(self, repo_id: str, revision: str, path: str) -> tuple[int, Any]:
         _, files = self._snapshot(repo_id, revision)
         prefix = path.strip("/") + "/" if path.strip("/") else ""
-        entries = [{"type": "file", "path": p, "size": len(data), "oid": git_blob_id(data)}
+        entries = [{"type": "file", "path": p, "size": len(data), "oid": git_blob_id(data), **self._lfs_info(data)}
                    for p, data in sorted(files.items()) if p.startswith(prefix)]
         return 200, entries
 
@@ -235,7 +247,35 @@ class FakeHub:
         if path not in files:
             raise Missing("EntryNotFound", f"{path} does not exist on {revision}")
         data = files[path]
-        return data, {"ETag": f'"{git_blob_id(data)}"', "X-Repo-Commit": repo.resolve(revision) or ""}
+        headers = {"ETag": f'"{git_blob_id(data)}"', "X-Repo-Commit": repo.resolve(revision) or ""}
+        if self._lfs_info(data):
+            headers.update({"X-Linked-Etag": f'"{_sha256(data)}"', "X-Linked-Size": str(len(data))})
+        return data, headers
+
+    # -- git-LFS basic transfer ---------------------------------------------------------------
+    def lfs_batch(self, body: dict[str, Any]) -> tuple[int, Any]:
+        objects = []
+        for obj in body.get("objects", []):
+            answer = {"oid": obj["oid"], "size": obj["size"], "authenticated": True}
+            if obj["oid"] not in self.lfs_objects:
+                answer["actions"] = {"upload": {"href": f"{self.url}/lfs-objects/{obj['oid']}"},
+                                     "verify": {"href": f"{self.url}/lfs-verify/{obj['oid']}"}}
+            objects.append(answer)
+        return 200, {"transfer": "basic", "objects": objects}
+
+    def lfs_put(self, oid: str, data: bytes) -> tuple[int, Any]:
+        if _sha256(data) != oid:
+            return 400, {"error": "content does not match its sha256"}
+        with self.lock:
+            self.lfs_objects[oid] = data
+        return 200, {}
+
+    def lfs_verify(self, oid: str) -> tuple[int, Any]:
+        return (200, {}) if oid in self.lfs_objects else (404, {"error": f"no LFS object {oid}"})
+
+    def _lfs_info(self, data: bytes) -> dict[str, Any]:
+        oid = _sha256(data)
+        return {"lfs": {"oid": oid, "size": len(data), "pointerSize": 134}} if oid in self.lfs_objects else {}
 
     def _snapshot(self, repo_id: str, revision: str) -> tuple[Repo, dict[str, bytes]]:
         """The repository and its files at ``revision``; ``Missing`` (a 404 the client understands) if none."""
@@ -270,6 +310,9 @@ _ROUTES = [
     ("GET", re.compile(rf"^/api/models/{_REPO}/tree/(?P<rev>[^/]+)(?P<path>/.*)?$"), "tree"),
     ("GET", re.compile(rf"^/{_REPO}/resolve/(?P<rev>[^/]+)/(?P<path>.+)$"), "download"),
     ("HEAD", re.compile(rf"^/{_REPO}/resolve/(?P<rev>[^/]+)/(?P<path>.+)$"), "download"),
+    ("POST", re.compile(rf"^/{_REPO}\.git/info/lfs/objects/batch$"), "lfs-batch"),
+    ("PUT", re.compile(r"^/lfs-objects/(?P<oid>[0-9a-f]{64})$"), "lfs-put"),
+    ("POST", re.compile(r"^/lfs-verify/(?P<oid>[0-9a-f]{64})$"), "lfs-verify"),
 ]
 
 
@@ -287,6 +330,9 @@ class _Handler(BaseHTTPRequestHandler):
 
     def do_POST(self) -> None:
         self._route("POST")
+
+    def do_PUT(self) -> None:
+        self._route("PUT")
 
     def _route(self, method: str) -> None:
         url = urlparse(self.path)
@@ -329,6 +375,12 @@ class _Handler(BaseHTTPRequestHandler):
             self._json(*state.info(groups["repo"], groups.get("rev") or "main"))
         elif kind == "tree":
             self._json(*state.tree(groups["repo"], groups["rev"], groups.get("path") or ""))
+        elif kind == "lfs-batch":
+            self._json(*state.lfs_batch(json.loads(body)))
+        elif kind == "lfs-put":
+            self._json(*state.lfs_put(groups["oid"], body))
+        elif kind == "lfs-verify":
+            self._json(*state.lfs_verify(groups["oid"]))
         elif kind == "download":
             data, headers = state.download(groups["repo"], groups["rev"], groups["path"])
             self._send(200, data, headers, include_body=method == "GET")

@@ -125,3 +125,24 @@ def test_init_hf_repo_and_create_model_card_use_the_plugin(fake_hub, tmp_path):
     card = Path(path).read_text()
     assert card.startswith("---\n") and 'license: "mit"' in card and "# Early bird" in card
     assert "## Framework versions" in card and "| max_steps | 4 |" in card  # treadle-hub's card, not the plain one
+
+
+def test_large_files_go_through_git_lfs(fake_hub, tmp_path, monkeypatch):
+    """A real hub stores weights in LFS: the client's LFS path (without Xet) against the fake's store."""
+    import hashlib
+
+    from huggingface_hub import constants, hf_hub_download
+
+    monkeypatch.setattr(constants, "HF_HUB_DISABLE_XET", True)
+    fake_hub.lfs_from = 1024
+    trainer = tiny_trainer(tmp_path / "lfs", hub_strategy="checkpoint", max_steps=2, save_steps=2)
+    trainer.train()
+    weights = (tmp_path / "lfs" / "checkpoint-2" / "model.safetensors").read_bytes()
+    assert len(weights) >= 1024 and hashlib.sha256(weights).hexdigest() in fake_hub.lfs_objects
+    assert fake_hub.attempts("lfs-batch") >= 1 and fake_hub.attempts("lfs-put") >= 1
+    assert fake_hub.files("tester/lfs")["last-checkpoint/model.safetensors"] == weights
+    fetched = hf_hub_download("tester/lfs", "last-checkpoint/model.safetensors", endpoint=fake_hub.url, token=TOKEN)
+    assert Path(fetched).read_bytes() == weights
+    puts = fake_hub.attempts("lfs-put")
+    trainer.push_to_hub()  # the weights are already stored: nothing is uploaded again
+    assert fake_hub.attempts("lfs-put") == puts
