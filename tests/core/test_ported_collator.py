@@ -36,6 +36,8 @@ def test_numpy_scalar_samples_and_list_samples_of_numpy_numbers():
     assert isinstance(rows, torch.Tensor) and rows.shape == (2, 2)
     arrays = default_data_collator([{"x": [np.ones(2, dtype=np.float32)] * 3}] * 4)["x"]
     assert arrays.shape == (4, 3, 2) and arrays.dtype == torch.float32
+    tensors = default_data_collator([{"x": [torch.tensor(1.0), torch.tensor(2.0)]}] * 3)["x"]
+    assert tensors.shape == (3, 2) and tensors.dtype == torch.float32
 
 
 class _Regressor(nn.Module):
