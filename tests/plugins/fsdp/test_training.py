@@ -8,9 +8,12 @@ float tolerance of the one-process run, with the same logged losses and global g
 from __future__ import annotations
 
 import importlib.util
+import json
+from pathlib import Path
 
 import pytest
 import torch
+from treadle.plugins import reset_plugin_manager
 from fsdp_kit import TinyNet, final_weights, losses, run_ranks, train
 
 # (output name, overrides): each runs in the same two processes, one after another
@@ -62,3 +65,38 @@ def test_fsdp_matches_ddp(tmp_path):
 
 def _fsdp_modes_full_only(rank: int, root: str) -> None:
     train(f"{root}/full_shard", **{"strategy": "fsdp", **MODES["full_shard"]})
+
+
+def _bf16(rank: int, root: str) -> None:
+    seen = []
+
+    def record(module, inputs):
+        seen.append(module.weight.dtype)
+
+    def model_init():
+        model = TinyNet()
+        model.blocks[0].linear.register_forward_pre_hook(record)
+        return model
+
+    trainer = train(f"{root}/bf16", model_init=model_init, strategy="fsdp", fsdp="full_shard auto_wrap", bf16=True)
+    kept = {p.dtype for p in trainer.model.parameters()}
+    Path(root, f"bf16-{rank}.json").write_text(json.dumps({"forward": sorted({str(d) for d in seen}), "kept": sorted(map(str, kept))}))
+
+
+@pytest.mark.skipif(importlib.util.find_spec("treadle_amp") is None, reason="treadle-amp is not installed")
+def test_bf16_precision_sets_the_mixed_precision_policy(tmp_path, monkeypatch):
+    """treadle-amp's bf16 through the Precision contract: layers compute with bf16 copies of the weights
+    (FSDP2 all-gathers in bf16), the shards and the optimizer stay float32, and the run ends close to
+    one process under the same precision."""
+    run_ranks(2, _bf16, str(tmp_path), plugins="fsdp,amp")
+    for rank in range(2):
+        report = json.loads((tmp_path / f"bf16-{rank}.json").read_text())
+        assert report == {"forward": ["torch.bfloat16"], "kept": ["torch.float32"]}
+    monkeypatch.delenv("TREADLE_DISABLE_PLUGIN_AUTOLOAD", raising=False)
+    monkeypatch.setenv("TREADLE_PLUGINS", "amp")
+    reset_plugin_manager()
+    train(tmp_path / "single-bf16", per_device_train_batch_size=16, bf16=True)
+    got, want = final_weights(tmp_path / "bf16"), final_weights(tmp_path / "single-bf16")
+    assert all(v.dtype == torch.float32 for v in got.values())
+    for key in want:
+        torch.testing.assert_close(got[key], want[key], atol=2e-2, rtol=2e-2, msg=key)
