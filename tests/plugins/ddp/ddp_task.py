@@ -66,6 +66,8 @@ class TokenClassifier(nn.Module):
             return {"logits": logits, "token_logits": token_logits}
         losses = nn.functional.cross_entropy(logits, labels, reduction="none")
         loss = losses.sum() / num_items_in_batch if num_items_in_batch is not None else losses.mean()
+        if getattr(self, "poisoned", False):
+            loss = loss * float("nan")
         return {"loss": loss, "logits": logits, "token_logits": token_logits}
 
 
@@ -77,6 +79,21 @@ class FailOnRank:
         rank, step = os.environ.get("DDP_TEST_FAIL_RANK"), os.environ.get("DDP_TEST_FAIL_STEP")
         if rank == os.environ.get("RANK") and step is not None and state.global_step + 1 == int(step):
             raise RuntimeError(f"rank {rank} fails at step {step} on purpose")
+
+
+class DisagreeOnRank:
+    """Makes the ranks disagree: ``DDP_TEST_NAN_RANK`` gets a NaN loss at step ``DDP_TEST_NAN_STEP``,
+    and ``DDP_TEST_STOP_RANK`` alone asks to stop after step ``DDP_TEST_STOP_STEP``."""
+
+    @hookimpl
+    def treadle_on_step_begin(self, trainer: Any, state: Any) -> None:
+        rank, step = os.environ.get("RANK"), state.global_step + 1
+        trainer.model.poisoned = rank == os.environ.get("DDP_TEST_NAN_RANK") and step == int(os.environ.get("DDP_TEST_NAN_STEP", 0))
+
+    @hookimpl
+    def treadle_on_step_end(self, state: Any, control: Any) -> None:
+        if os.environ.get("RANK") == os.environ.get("DDP_TEST_STOP_RANK") and state.global_step == int(os.environ.get("DDP_TEST_STOP_STEP", 0)):
+            control.should_training_stop = True
 
 
 class RecordLogLevel:
@@ -111,6 +128,8 @@ def build(args: Any) -> TaskParts:
         torch.manual_seed(args.seed)
         model = TokenClassifier()
     callbacks = [FailOnRank()] if os.environ.get("DDP_TEST_FAIL_RANK") else []
+    if os.environ.get("DDP_TEST_NAN_RANK") or os.environ.get("DDP_TEST_STOP_RANK"):
+        callbacks.append(DisagreeOnRank())
     if os.environ.get("DDP_TEST_CACHE"):
         callbacks.append(RecordLogLevel())
     return TaskParts(

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -144,6 +145,19 @@ def test_failed_rank_ends_the_run_and_the_checkpoint_resumes(one_process, tmp_pa
     assert_same_training(output_dir, one_process)
 
 
+def test_decisions_of_one_rank_are_taken_by_all(tmp_path):
+    """A NaN loss on rank 1 only skips the step on both ranks (--nan_inf_policy skip_step), and a stop
+    asked for by rank 0 only stops both: no rank is left waiting in a collective (ddp_timeout 60 s
+    would end such a run with an error instead of the exit 0 asserted here)."""
+    output_dir = tmp_path / "out"
+    argv = [*TREADLE, "train", "--nproc_per_node", "2", *COMMON, "--max_steps", "6", "--per_device_train_batch_size", "8",
+            "--nan_inf_policy", "skip_step", "--ddp_timeout", "60", "--output_dir", str(output_dir)]
+    ok(run(argv, DDP_TEST_NAN_RANK="1", DDP_TEST_NAN_STEP="2", DDP_TEST_STOP_RANK="0", DDP_TEST_STOP_STEP="3"))
+    results = json.loads((output_dir / "train_results.json").read_text())
+    assert results["train_skipped_steps"] == 1
+    assert json.loads((output_dir / "trainer_state.json").read_text())["global_step"] == 3
+
+
 def test_two_rank_resume_is_exact(tmp_path):
     """verify-resume in both processes: stopped at step 2 and resumed equals straight, bit for bit."""
     argv = [*TREADLE, "verify-resume", "--nproc_per_node", "2", *COMMON, "--per_device_train_batch_size", "8",
@@ -227,3 +241,11 @@ def test_several_processes_with_strategy_single_are_refused(tmp_path):
     assert result.returncode == 2
     assert "strategy 'single' trains in one process, but a launcher started 2" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_benchmark_prints_its_ratios():
+    """benchmarks/bench_ddp.py still runs end to end (its figures are read by people, not asserted)."""
+    bench = HERE.parents[2] / "benchmarks" / "bench_ddp.py"
+    result = ok(run([sys.executable, str(bench), "--rounds", "2", "--warmup", "0", "--block", "2"]))
+    for clock in ("wall", "cpu"):
+        assert re.search(rf"^\s+{clock}\s+hand-written [\d.]+ ms/step\s+treadle [\d.]+ ms/step\s+ratio \d+\.\d{{3}} ", result.stdout, re.M), result.stdout

@@ -246,7 +246,18 @@ def training_help(command: str) -> str:
             if not info.deprecated_for:
                 text += f" (default: {_show_default(info.default)})"
             lines += textwrap.wrap(text, width=width, initial_indent=" " * 6, subsequent_indent=" " * 6)
-    return "\n".join(lines) + "\n"
+    return "\n".join(lines + _launch_help(width)) + "\n"
+
+
+def _launch_help(width: int) -> list[str]:
+    """torchrun's options that start the command in several processes (treadle.launch)."""
+    from treadle.launch import LAUNCH_OPTIONS
+
+    lines = ["", "Launching several processes (any of these starts torch.distributed.run, torchrun's engine):"]
+    for name, text in LAUNCH_OPTIONS.items():
+        lines.append(f"  --{name} VALUE")
+        lines += textwrap.wrap(text + ".", width=width, initial_indent=" " * 6, subsequent_indent=" " * 6)
+    return lines
 
 
 def _show_default(value: Any) -> str:
