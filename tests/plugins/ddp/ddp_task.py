@@ -72,12 +72,14 @@ class TokenClassifier(nn.Module):
 
 
 class FailOnRank:
-    """Raises on one rank at the start of one step (the fault test)."""
+    """Raises (or, with ``DDP_TEST_FAIL_HOW=hang``, hangs) on one rank at the start of one step (the fault tests)."""
 
     @hookimpl
     def treadle_on_step_begin(self, state: Any) -> None:
         rank, step = os.environ.get("DDP_TEST_FAIL_RANK"), os.environ.get("DDP_TEST_FAIL_STEP")
         if rank == os.environ.get("RANK") and step is not None and state.global_step + 1 == int(step):
+            if os.environ.get("DDP_TEST_FAIL_HOW") == "hang":
+                time.sleep(600)  # alive but stuck: the others must give up after ddp_timeout
             raise RuntimeError(f"rank {rank} fails at step {step} on purpose")
 
 

@@ -145,6 +145,19 @@ def test_failed_rank_ends_the_run_and_the_checkpoint_resumes(one_process, tmp_pa
     assert_same_training(output_dir, one_process)
 
 
+def test_a_stuck_rank_ends_the_run_within_ddp_timeout(tmp_path):
+    """Rank 1 alive but stuck at step 3: rank 0 gives up after --ddp_timeout (5 s) with a message,
+    torchrun stops rank 1, the run ends non-zero (instead of waiting forever), checkpoint-2 intact."""
+    output_dir = tmp_path / "out"
+    argv = [*TREADLE, "train", "--nproc_per_node", "2", *COMMON, "--per_device_train_batch_size", "8",
+            "--ddp_timeout", "5", "--output_dir", str(output_dir)]
+    failed = run(argv, timeout=120, DDP_TEST_FAIL_RANK="1", DDP_TEST_FAIL_STEP="3", DDP_TEST_FAIL_HOW="hang")
+    assert failed.returncode != 0, failed.stderr
+    assert "rank 0: RuntimeError:" in failed.stderr and "Timed out" in failed.stderr
+    assert "the run failed: rank 0 (local rank 0" in failed.stderr
+    assert sorted(p.name for p in output_dir.iterdir() if "checkpoint" in p.name) == ["checkpoint-2"]
+
+
 def test_decisions_of_one_rank_are_taken_by_all(tmp_path):
     """A NaN loss on rank 1 only skips the step on both ranks (--nan_inf_policy skip_step), and a stop
     asked for by rank 0 only stops both: no rank is left waiting in a collective (ddp_timeout 60 s
