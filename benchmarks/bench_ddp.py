@@ -22,8 +22,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import subprocess
 import sys
 import tempfile
 import time
@@ -37,6 +35,7 @@ from torch.utils.data import DataLoader, DistributedSampler
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_overhead import WORKLOADS, Collate, decay_groups, median_with_interval, treadle_trainer  # noqa: E402
+from two_ranks import run_on_two_ranks  # noqa: E402
 
 
 TARGET = 1.05
@@ -154,12 +153,8 @@ def main(argv: list[str] | None = None) -> None:
     if options.worker:
         worker(options.rounds, options.block, options.warmup, options.json)
         return
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", __file__, "--worker",
-               "--rounds", str(options.rounds), "--block", str(options.block), "--warmup", str(options.warmup)]
-    # the ddp plugin loads through its entry point (bench_overhead turns autoloading off for itself)
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "TREADLE_DISABLE_PLUGIN_AUTOLOAD": "0", "TREADLE_PLUGINS": "ddp"}
-    sys.exit(subprocess.run(command + (["--json"] if options.json else []), env=env).returncode)
-
+    worker_argv = ["--rounds", str(options.rounds), "--block", str(options.block), "--warmup", str(options.warmup)]
+    sys.exit(run_on_two_ranks(__file__, worker_argv + (["--json"] if options.json else []), plugins="ddp"))
 
 if __name__ == "__main__":
     main()
