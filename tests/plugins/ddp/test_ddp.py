@@ -29,7 +29,6 @@ COMMON = [
     "--eval_strategy", "steps", "--eval_steps", "4", "--per_device_eval_batch_size", "4",
     "--logging_steps", "1", "--save_steps", "2", "--disable_tqdm", "--seed", "7",
 ]
-TOLERANCE = dict(rtol=1e-5, atol=1e-6)
 
 
 def run(argv: list[str], timeout: float = 240, **env: str) -> subprocess.CompletedProcess:
@@ -42,7 +41,7 @@ def launch(argv: list[str], **env: str) -> subprocess.Popen:
                 "TREADLE_DISABLE_PLUGIN_AUTOLOAD")
     environ = {name: value for name, value in os.environ.items() if name not in launched}
     path = os.pathsep.join(filter(None, [str(HERE), os.environ.get("PYTHONPATH")]))
-    environ.update(OMP_NUM_THREADS="1", PYTHONPATH=path, TREADLE_PLUGINS="ddp", **env)
+    environ.update({"OMP_NUM_THREADS": "1", "PYTHONPATH": path, "TREADLE_PLUGINS": "ddp", **env})
     return subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=environ)
 
 
@@ -78,15 +77,15 @@ def eval_metrics(output_dir: Path) -> dict[str, float]:
     return {k: v for k, v in entry.items() if k.startswith("eval_") and not k.endswith(("runtime", "per_second"))}
 
 
-def assert_same_training(got: Path, expected: Path) -> None:
+def assert_same_training(got: Path, expected: Path, rel: float = 1e-5) -> None:
     got_weights, expected_weights = weights(got), weights(expected)
     assert got_weights.keys() == expected_weights.keys()
     for name in expected_weights:
-        torch.testing.assert_close(got_weights[name], expected_weights[name], **TOLERANCE, msg=name)
-    assert train_losses(got) == pytest.approx(train_losses(expected), rel=1e-5)  # the mean over both ranks
+        torch.testing.assert_close(got_weights[name], expected_weights[name], rtol=rel, atol=rel / 10, msg=name)
+    assert train_losses(got) == pytest.approx(train_losses(expected), rel=rel)  # the mean over both ranks
     got_eval, expected_eval = eval_metrics(got), eval_metrics(expected)
     assert got_eval.keys() == expected_eval.keys()
-    assert got_eval == pytest.approx(expected_eval, rel=1e-5)
+    assert got_eval == pytest.approx(expected_eval, rel=rel)
     assert expected_eval["eval_rows"] == 21  # every sample once: the padded-out repeats were trimmed
 
 
@@ -262,3 +261,14 @@ def test_benchmark_prints_its_ratios():
     result = ok(run([sys.executable, str(bench), "--rounds", "2", "--warmup", "0", "--block", "2"]))
     for clock in ("wall", "cpu"):
         assert re.search(rf"^\s+{clock}\s+hand-written [\d.]+ ms/step\s+treadle [\d.]+ ms/step\s+ratio \d+\.\d{{3}} ", result.stdout, re.M), result.stdout
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available() or torch.cuda.device_count() < 2, reason="needs 2 CUDA devices")
+def test_two_gpus_over_nccl_train_like_one_process(one_process, tmp_path):
+    """The same run on 2 GPUs (treadle-cuda, nccl chosen by the backend) ends like the CPU process."""
+    output_dir = tmp_path / "out"
+    argv = [*TREADLE, "train", "--nproc_per_node", "2", *COMMON, "--backend", "cuda", "--per_device_train_batch_size", "8",
+            "--output_dir", str(output_dir)]
+    ok(run(argv, TREADLE_PLUGINS="ddp,cuda"))
+    assert_same_training(output_dir, one_process, rel=1e-4)
