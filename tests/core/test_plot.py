@@ -45,7 +45,7 @@ def test_after_a_resume_the_later_line_of_a_step_wins_and_a_cut_line_is_skipped(
     out.mkdir()
     lines = [{"step": 2, "loss": 1.0}, {"step": 4, "loss": 0.9}, {"step": 4, "loss": 0.8, "eval_accuracy": 0.5},
              {"step": 6, "loss": 0.7}]
-    text = "\n".join(json.dumps(line) for line in lines[:2]) + '\n{"step": 5, "lo\n' + "\n".join(json.dumps(l) for l in lines[2:])
+    text = "\n".join(json.dumps(line) for line in lines[:2]) + '\n{"step": 5, "lo\n' + "\n".join(json.dumps(line) for line in lines[2:])
     (out / "metrics.jsonl").write_text(text + "\n")
     curves = read_curves(str(out))
     assert curves.series["loss"] == [(2, 1.0), (4, 0.8), (6, 0.7)]

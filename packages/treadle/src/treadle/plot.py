@@ -104,9 +104,9 @@ def plot_run(output_dir: str, output: Optional[str] = None) -> Path:
     rows = math.ceil(len(panels) / columns)
     figure = Figure(figsize=(6 * columns, 3.6 * rows), layout="constrained")
     axes = figure.subplots(rows, columns, squeeze=False).ravel()
-    for ax, (title, keys) in zip(axes, panels):
+    for ax, (title, keys) in zip(axes, panels, strict=False):  # a 2x2 grid may have a spare cell
         for key in keys:
-            steps, values = zip(*curves.series[key])
+            steps, values = zip(*curves.series[key], strict=True)
             ax.plot(steps, values, marker="o" if len(steps) < 30 else None, markersize=3, label=key)
         ax.set_title(title)
         ax.set_xlabel("step")
