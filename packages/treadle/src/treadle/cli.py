@@ -6,6 +6,7 @@
     treadle plugins [--json]                   installed plugins and what they provide
     treadle env                                the block to paste into a bug report
     treadle verify-resume [ARGS] --stop_at N   check that a resumed run equals a straight one
+    treadle plugin new NAME --kind KIND        write a new plugin distribution (tests included)
 
 This module imports only the standard library and treadle's light modules: ``--help``,
 ``plugins`` and argument parsing never import torch or a plugin's implementation. A user
@@ -33,6 +34,7 @@ COMMANDS: dict[str, str] = {
     "env": "print versions, platform, devices and plugins for a bug report",
     "verify-resume": "train straight and with a stop + resume; report where they first differ",
     "search": "search hyperparameters: many short trainings, the best values at the end",
+    "plugin": "plugin new NAME --kind KIND: write a new plugin distribution (tests included)",
     "plot": "draw a run's loss, learning rate and evaluation curves to a PNG (needs matplotlib)",
 }
 
@@ -376,6 +378,12 @@ def _plot(command: str, rest: list[str]) -> int:
     return plot_main(rest)
 
 
+def _plugin(command: str, rest: list[str]) -> int:
+    from treadle.template import run_cli
+
+    return run_cli(rest)
+
+
 HANDLERS: dict[str, Callable[[str, list[str]], int]] = {
     "train": _run,
     "evaluate": _run,
@@ -385,6 +393,7 @@ HANDLERS: dict[str, Callable[[str, list[str]], int]] = {
     "args": _args,
     "plugins": _plugins,
     "env": _env,
+    "plugin": _plugin,
     "plot": _plot,
 }
 

@@ -1,0 +1,1 @@
+"""acme-treadle-csv: a treadle reporter plugin (see hooks.py for what it registers)."""
