@@ -272,3 +272,11 @@ def test_two_gpus_over_nccl_train_like_one_process(one_process, tmp_path):
             "--output_dir", str(output_dir)]
     ok(run(argv, TREADLE_PLUGINS="ddp,cuda"))
     assert_same_training(output_dir, one_process, rel=1e-4)
+
+
+def test_several_processes_without_the_plugin_are_one_error_before_any_starts(tmp_path):
+    """Checked once in the launching process with the WORLD_SIZE its children would see."""
+    result = run([*TREADLE, "train", "--nproc_per_node", "2", "--output_dir", str(tmp_path)], TREADLE_DISABLE_PLUGIN_AUTOLOAD="1")
+    assert result.returncode == 2
+    assert "--strategy ddp (WORLD_SIZE=2 in the environment): no installed plugin provides strategy 'ddp'" in result.stderr
+    assert "treadle-ddp" in result.stderr and "rank" not in result.stderr

@@ -651,6 +651,10 @@ def _typed_flag(args: Any, kind: str) -> Optional[str]:
     return f"--{match.group(1)}" if match else None
 
 
+_SELECTED_BY = {"optimizer": "optim", "scheduler": "lr_scheduler_type"}
+"""The argument that selects a kind, where it is not named after the kind."""
+
+
 def selection_problems(args: Any, pm: Any) -> list[str]:
     """Check that every component the arguments select is provided by an installed plugin."""
     from treadle.errors import PluginError
@@ -679,6 +683,9 @@ def selection_problems(args: Any, pm: Any) -> list[str]:
             message = str(exc)
             if typed and message.startswith(option + ":"):
                 message = typed + message[len(option):]
+            reason = vars(args).get("_derived", {}).get(_SELECTED_BY.get(kind, kind)) if not typed else None
+            if reason and message.startswith(option + ":"):  # the user never typed it: say where it came from
+                message = f"{option} ({reason}){message[len(option):]}"
             problems.append(message.replace("\n", "\n    "))
             continue
         missing = spec.requirements_problem()
