@@ -19,7 +19,6 @@ import functools
 import gc
 import inspect
 import itertools
-import json
 import logging
 import math
 import os
@@ -33,7 +32,7 @@ from typing import Any, Callable, Iterator, Optional, Sequence, Union
 import torch
 from torch import nn
 
-from treadle import checkpoint, lifecycle
+from treadle import checkpoint, lifecycle, optim
 from treadle.batch_size_search import StartingPoint, recorded_batch_size
 from treadle.callbacks import as_hook_plugin, has_hookimpls, plugin_name
 from treadle.checkpoint_holds import CheckpointHolds
@@ -74,7 +73,7 @@ from treadle.model_io import (
 from treadle.memory import MemoryTracker
 from treadle.output_dir import prepare_output_dir
 from treadle.overflow import detector_for
-from treadle.plugins import RunHooks, get_plugin_manager
+from treadle.plugins import RunHooks
 from treadle.randomness import seed_from_args
 from treadle.selection import apply_kernels, build_components, build_hub, build_reporters
 from treadle.state import TrainerControl, TrainerState
@@ -571,18 +570,20 @@ class Trainer(SeedTrainerMethods):
             self._agree_on_stop()
 
     def _stop_may_differ_per_step(self) -> bool:
-        """Whether a plugin other than the core's own and the reporters sees every step, and so
-        could ask one process to stop while the others go on (then the ranks agree after each step).
+        """Whether a callback sees every step, and so could ask one process to stop while the
+        others go on (then the ranks agree after each step).
 
-        The core's flow decides the same on every rank, and reporters only report; without
-        such a plugin, agreeing after each log / evaluation / save and each epoch is enough,
-        and a step costs no extra collective.
+        The core's flow decides the same on every rank, reporters only report, and the run's
+        components (backend, precision, strategy) steer through their contracts; without a
+        callback with a per-step hook, agreeing after each log / evaluation / save and each
+        epoch is enough, and a step costs no extra collective.
         """
         if self.strategy.world_size == 1:
             return False
         step_events = ("step_begin", "substep_end", "pre_optimizer_step", "optimizer_step", "step_end")
         names = {impl.plugin_name for event in step_events for impl in self.run_hooks.impls(f"treadle_on_{event}")}
-        return any(not name.startswith(("treadle:", "reporter:")) for name in names)
+        trusted = ("treadle:", "reporter:", "backend:", "precision:", "strategy:")
+        return any(not name.startswith(trusted) for name in names)
 
     def _agree_on_stop(self) -> None:
         """A stop asked for on one process stops every process; otherwise the others would wait
@@ -1287,54 +1288,26 @@ class Trainer(SeedTrainerMethods):
         """
         if self.optimizer is None:
             model = self.model
-            decay = set(self.get_decay_parameter_names(model))
-            trainable = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
-            groups = [
-                {"params": [p for n, p in trainable if n in decay], "weight_decay": self.args.weight_decay},
-                {"params": [p for n, p in trainable if n not in decay], "weight_decay": 0.0},
-            ]
-            groups = [g for g in groups if g["params"]]
-            if not groups:
-                raise UsageError("the model has no trainable parameter (all have requires_grad=False)")
+            groups = optim.parameter_groups(model, set(self.get_decay_parameter_names(model)), self.args.weight_decay)
             if self.optimizer_cls_and_kwargs is not None:
                 optimizer_cls, kwargs = self.optimizer_cls_and_kwargs
+                given = "optimizer_cls_and_kwargs"
             else:
                 optimizer_cls, kwargs = self.get_optimizer_cls_and_kwargs(self.args, model)
-            kwargs = dict(kwargs)  # the factory's (or the user's) dict stays as it was
-            # "params" overrides the loop's groups: GaLore / APOLLO bring their own, LOMO takes the model
-            params = kwargs.pop("params", groups)
-            try:
-                self.optimizer = optimizer_cls(params, **kwargs)
-            except (TypeError, ValueError) as exc:  # a bad option value: the user's to fix, not a crash
-                given = (
-                    "optimizer_cls_and_kwargs" if self.optimizer_cls_and_kwargs is not None
-                    else f"--optim {option_value(self.args.optim)} --optim_args {self.args.optim_args or ''}".rstrip()
-                )
-                raise UsageError(
-                    f"{given}: {getattr(optimizer_cls, '__name__', optimizer_cls)} rejected its options "
-                    f"{kwargs}: {exc}. Fix the value in --optim_args (name=value,...) or choose another --optim"
-                ) from exc
+                given = f"--optim {option_value(self.args.optim)} --optim_args {self.args.optim_args or ''}".rstrip()
+            self.optimizer = optim.build_optimizer(optimizer_cls, kwargs, groups, given=given)
         return self.optimizer
 
     @staticmethod
     def get_optimizer_cls_and_kwargs(args: Any, model: Optional[nn.Module] = None) -> tuple[type, dict[str, Any]]:
         """The optimizer class and keyword arguments that ``--optim`` (a registered name) stands for."""
-        factory = get_plugin_manager().resolve("optimizer", option_value(args.optim), args).load()
-        return factory(args, model)
+        return optim.optimizer_class_and_kwargs(args, model)
 
     def create_scheduler(self, num_training_steps: int, optimizer: Optional[torch.optim.Optimizer] = None) -> Any:
         """The ``--lr_scheduler_type`` schedule over ``num_training_steps`` (with warmup)."""
         if self.lr_scheduler is None:
-            factory = get_plugin_manager().resolve("scheduler", option_value(self.args.lr_scheduler_type), self.args).load()
-            kwargs = self.args.lr_scheduler_kwargs or {}
-            if isinstance(kwargs, str):
-                kwargs = json.loads(kwargs)
-            self.lr_scheduler = factory(
-                optimizer if optimizer is not None else self.optimizer,
-                num_warmup_steps=self.args.get_warmup_steps(num_training_steps),
-                num_training_steps=num_training_steps,
-                **kwargs,
-            )
+            target = optimizer if optimizer is not None else self.optimizer
+            self.lr_scheduler = optim.build_scheduler(self.args, target, num_training_steps)
         return self.lr_scheduler
 
     def get_decay_parameter_names(self, model: nn.Module) -> list[str]:
@@ -1353,9 +1326,10 @@ class Trainer(SeedTrainerMethods):
         return sum(p.numel() for p in self.model.parameters() if p.requires_grad)
 
     def get_total_train_batch_size(self, args: Any = None) -> int:
-        """Samples per optimizer step: per-device batch x accumulation x processes."""
+        """Samples per optimizer step: per-device batch x accumulation x data-parallel replicas
+        (``world_size // (tp * cp * sp)``: ranks of one tensor/context-parallel block share a batch)."""
         args = args or self.args
-        return self._train_batch_size * args.gradient_accumulation_steps * self.strategy.world_size
+        return self._train_batch_size * args.gradient_accumulation_steps * self.strategy.shard_info()[0]
 
     # -- counting --------------------------------------------------------------------------------
 
