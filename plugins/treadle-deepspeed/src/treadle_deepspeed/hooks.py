@@ -1,0 +1,50 @@
+"""treadle-deepspeed's registration: the ``deepspeed`` strategy, and the config checked at parse time.
+
+The core already selects ``--strategy deepspeed`` when ``--deepspeed`` names a config. Here the
+config is read (JSON, standard library only: no torch, no deepspeed at ``--help``), its numbers
+are adopted by the arguments the user left alone, and a number that contradicts an argument the
+user set is reported with the key that holds it.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from treadle import hookimpl
+from treadle.errors import UsageError
+
+
+def _selected(args: Any) -> bool:
+    strategy = getattr(args.strategy, "value", args.strategy)
+    return strategy == "deepspeed" or (strategy is None and args.deepspeed is not None)
+
+
+@hookimpl
+def treadle_register_strategies(register: Any) -> None:
+    register(
+        "deepspeed",
+        "treadle_deepspeed.strategy:DeepSpeedStrategy",
+        requires=("deepspeed",),
+        description="DeepSpeed's engine: ZeRO stages 0-3, CPU/NVMe offload, its own fp16/bf16 and checkpoints",
+    )
+
+
+@hookimpl
+def treadle_adjust_arguments(args: Any, explicit: frozenset[str]) -> None:
+    if not _selected(args) or args.deepspeed is None:
+        return
+    from treadle_deepspeed.config import adopt_config_values, read_config
+
+    problems = adopt_config_values(args, explicit, read_config(args.deepspeed))
+    if problems:
+        raise UsageError("\n".join(problems))
+
+
+@hookimpl
+def treadle_report_env() -> list[tuple[str, str]] | None:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return [("deepspeed", version("deepspeed"))]
+    except PackageNotFoundError:
+        return [("deepspeed", "not installed")]

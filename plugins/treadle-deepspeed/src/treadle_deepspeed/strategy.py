@@ -1,0 +1,288 @@
+"""The ``deepspeed`` strategy: DeepSpeed's engine runs backward, clipping, the optimizer and the scheduler.
+
+The loop builds the optimizer and scheduler on the plain model (``wraps_model_first = False``)
+unless the DeepSpeed config declares them, then hands all three to ``setup``, which calls
+``deepspeed.initialize`` once with the config whose ``"auto"`` values ``treadle_deepspeed.config``
+filled from the arguments. From then on the loop's per-step operations go to the engine:
+``backward`` -> ``engine.backward`` (treadle already weights accumulation micro-batches, so
+DeepSpeed must not divide again), ``optimizer_step`` -> ``engine.step`` (clip, step, schedule,
+zero the gradients); ``no_backward_sync`` marks the accumulation micro-batches before the last.
+
+Checkpoints hold DeepSpeed's own files in ``deepspeed/`` (torch pickles: each process writes its
+ZeRO partitions, and the manifest lists every ``.pt`` under ``pickled``) next to a pickle-free,
+consolidated ``model.safetensors`` that ``evaluate`` / ``predict`` and the exported model read.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import weakref
+from pathlib import Path
+from typing import Any, Iterator, Optional
+
+import torch
+import torch.distributed as dist
+
+from treadle.checkpoint import checkpoint_file, pickled_files, read_full_state, write_full_state
+from treadle.components import CheckpointWrite, NoSyncCapable
+from treadle.distributed import ProcessGroupStrategy
+from treadle.errors import CheckpointError, UsageError
+from treadle.flow import option_value
+from treadle.markers import hookimpl
+from treadle_deepspeed.config import engine_config, read_config, zero_stage
+
+logger = logging.getLogger("treadle.deepspeed")
+
+CHECKPOINT_SUBDIR = "deepspeed"
+"""Where DeepSpeed's own checkpoint files go inside ``checkpoint-<step>/`` (its "tag")."""
+
+_ACCELERATORS = {"cpu": "cpu", "cuda": "cuda", "xpu": "xpu", "mps": "mps", "hpu": "hpu", "npu": "npu"}
+"""treadle device type -> the ``DS_ACCELERATOR`` that drives the same device."""
+
+
+class DeepSpeedStrategy(ProcessGroupStrategy, NoSyncCapable):
+    """DeepSpeed's engine over the processes a launcher started (or one process on its own)."""
+
+    name = "deepspeed"
+    wraps_model_first = False
+    steps_scheduler = True
+    clips_gradients = True
+
+    def __init__(self, args: Any, backend: Any, precision: Any) -> None:
+        super().__init__(args, backend, precision)
+        self.config: dict[str, Any] = read_config(args.deepspeed) if args.deepspeed is not None else {}
+        self.stage = zero_stage(self.config)
+        self.engine: Any = None
+        self._boundary = True
+        self._pre_step_norm: Optional[torch.Tensor] = None
+        self._trainer: Any = None
+
+    def process_group_backend(self) -> str:
+        """``--ddp_backend``, else what DeepSpeed's accelerator talks over (gloo on the CPU, nccl on CUDA)."""
+        from deepspeed.accelerator import get_accelerator
+
+        return self.args.ddp_backend or get_accelerator().communication_backend_name()
+
+    def setup_environment(self) -> None:
+        """Pick the device, tell DeepSpeed which accelerator drives it, join the process group, hand it to DeepSpeed."""
+        if self.root_device is None:
+            self.root_device = self.backend.setup_device(self.local_rank)
+        os.environ.setdefault("DS_ACCELERATOR", _ACCELERATORS.get(self.root_device.type, self.root_device.type))
+        import deepspeed
+        from deepspeed.accelerator import get_accelerator
+
+        accelerator = get_accelerator().device_name()
+        if accelerator != self.root_device.type:
+            raise UsageError(
+                f"strategy deepspeed: the backend trains on {self.root_device.type} but DeepSpeed drives {accelerator} "
+                f"(DS_ACCELERATOR={os.environ.get('DS_ACCELERATOR')}); set DS_ACCELERATOR={self.root_device.type} "
+                "or choose the matching --backend"
+            )
+        super().setup_environment()
+        os.environ.setdefault("LOCAL_RANK", str(self.local_rank))  # the engine reads it (a launcher sets it)
+        deepspeed.init_distributed(dist_backend=dist.get_backend(), auto_mpi_discovery=False, verbose=False)
+
+    @hookimpl
+    def treadle_on_init_end(self, trainer: Any) -> None:
+        """Remember the Trainer: a scheduler from the config may need its number of steps."""
+        self._trainer = weakref.ref(trainer)
+
+    # model, optimizer, scheduler -------------------------------------------------------------
+    def creates_optimizer(self) -> bool:
+        return isinstance(self.config.get("optimizer"), dict)
+
+    def creates_scheduler(self) -> bool:
+        return isinstance(self.config.get("scheduler"), dict)
+
+    def setup_model(self, model: torch.nn.Module) -> torch.nn.Module:
+        """The engine once ``setup`` made one; before that (evaluate without training) the model on the device."""
+        if self.engine is not None and self.engine.module is model:
+            return self.engine
+        if self.root_device is None:
+            self.setup_environment()
+        return model.to(self.root_device)
+
+    def setup(self, model: torch.nn.Module, optimizer: Any, scheduler: Any) -> tuple[Any, Any, Any]:
+        """One ``deepspeed.initialize`` with the filled config: the engine, its optimizer and scheduler."""
+        import deepspeed
+
+        if self.root_device is None:
+            self.setup_environment()
+        config = engine_config(
+            self.config, self.args, world_size=self.world_size, precision=option_value(self.args.precision),
+            hidden_size=_hidden_size(model), num_training_steps=self._num_training_steps(),
+            client_optimizer=optimizer is not None,
+        )
+        parameters = [p for p in model.parameters() if p.requires_grad] if optimizer is None else None
+        try:
+            engine, ds_optimizer, _, ds_scheduler = deepspeed.initialize(
+                model=model, optimizer=optimizer, model_parameters=parameters, lr_scheduler=scheduler,
+                config=config, dist_init_required=False,
+            )
+        except (AssertionError, ValueError, TypeError) as exc:  # DeepSpeed's config checks
+            raise UsageError(f"strategy deepspeed: DeepSpeed refused the config: {exc}") from exc
+        self.engine = engine
+        if engine.bfloat16_enabled() or engine.fp16_enabled():
+            _cast_float_inputs(engine.module, torch.bfloat16 if engine.bfloat16_enabled() else torch.float16)
+        return engine, ds_optimizer, ds_scheduler
+
+    def _num_training_steps(self) -> Optional[int]:
+        trainer = self._trainer() if self._trainer is not None else None
+        steps = getattr(getattr(trainer, "state", None), "max_steps", 0)
+        if steps:
+            return int(steps)
+        return self.args.max_steps if self.args.max_steps and self.args.max_steps > 0 else None
+
+    def unwrap_model(self, model: torch.nn.Module) -> torch.nn.Module:
+        inner = getattr(model, "_orig_mod", model)
+        return inner.module if self.engine is not None and inner is self.engine else inner
+
+    def compile_model(self, model: torch.nn.Module) -> torch.nn.Module:
+        raise UsageError(
+            "--torch_compile with strategy deepspeed: compile through DeepSpeed's own config instead "
+            '("compile" section), or drop --torch_compile'
+        )
+
+    # the step --------------------------------------------------------------------------------
+    def no_backward_sync(self, model: torch.nn.Module, enabled: bool) -> contextlib.AbstractContextManager:
+        return self._micro_batch(enabled)
+
+    @contextlib.contextmanager
+    def _micro_batch(self, before_last: bool) -> Iterator[None]:
+        """Accumulation micro-batches before the last one are not the engine's step boundary."""
+        self._boundary = not before_last
+        try:
+            yield
+        finally:
+            self._boundary = True
+
+    def backward(self, loss: torch.Tensor, model: torch.nn.Module) -> None:
+        self.engine.set_gradient_accumulation_boundary(self._boundary)
+        self.engine.backward(loss, scale_wrt_gas=False)  # the loop weighted the micro-batch losses already
+
+    def optimizer_step(self, optimizer: Any, model: torch.nn.Module) -> bool:
+        """``engine.step``: clip, step the optimizer and the scheduler, zero the gradients.
+
+        False when the engine skipped the step (an fp16 overflow)."""
+        if self.stage == 0 and not (self.engine.bfloat16_enabled() or self.engine.fp16_enabled()):
+            # a plain torch optimizer reports no norm: take it before the engine clears the gradients
+            grads = [p.grad for p in self.engine.module.parameters() if p.grad is not None]
+            self._pre_step_norm = torch.nn.utils.get_total_norm(grads) if grads else None
+        self.engine.step()
+        return bool(self.engine.was_step_applied())
+
+    def grad_norm(self, model: torch.nn.Module) -> Optional[torch.Tensor]:
+        """The global norm of the last step's gradients, before clipping (as the engine computed it)."""
+        if self.engine is None:
+            return None
+        norm = self.engine.get_global_grad_norm()
+        if norm is None:
+            norm = self._pre_step_norm
+        return None if norm is None else torch.as_tensor(norm, dtype=torch.float32)
+
+    def zero_grad(self, optimizer: Any) -> None:
+        """The engine zeroes after each step; this matters where the loop drops a step (NaN policy)."""
+        if self.engine is not None and self.engine.optimizer is not None and hasattr(self.engine.optimizer, "zero_grad"):
+            self.engine.optimizer.zero_grad()
+        elif optimizer is not None:
+            optimizer.zero_grad(set_to_none=True)
+
+    # weights and checkpoints -----------------------------------------------------------------
+    def model_state_dict(self, model: torch.nn.Module) -> dict[str, torch.Tensor]:
+        """The full weights on rank 0: ZeRO-3 gathers its partitions (a collective: every rank calls this)."""
+        if self.engine is not None and self.engine.zero_optimization_partition_weights():
+            return self.engine._zero3_consolidated_16bit_state_dict() or {}
+        return self.unwrap_model(model).state_dict()
+
+    def load_model_state_dict(self, model: torch.nn.Module, state: dict[str, torch.Tensor], strict: bool = True) -> None:
+        module = self.unwrap_model(model)
+        if self.engine is None or not self.engine.zero_optimization_partition_weights():
+            module.load_state_dict(state, strict=strict)
+            return
+        import deepspeed
+
+        with deepspeed.zero.GatheredParameters(list(module.parameters()), modifier_rank=0):
+            if self.is_global_zero:
+                module.load_state_dict(state, strict=strict)
+
+    def save_checkpoint(
+        self, staging_dir: Path, model: torch.nn.Module, optimizer: Any, *, writer: bool
+    ) -> Optional[CheckpointWrite]:
+        """DeepSpeed's checkpoint in ``deepspeed/`` (every rank its partitions) + the consolidated weights."""
+        if self.engine is None or optimizer is None:  # no engine yet, or save_only_model: the weights suffice
+            write_full_state(self, staging_dir, model, None, writer=writer)
+            return None
+        self.engine.save_checkpoint(str(staging_dir), tag=CHECKPOINT_SUBDIR, client_state={}, save_latest=False)
+        write_full_state(self, staging_dir, model, None, writer=writer)
+        self.barrier("treadle-deepspeed-saved")
+        if not writer:
+            return None
+        own = Path(staging_dir) / CHECKPOINT_SUBDIR
+        return CheckpointWrite(pickled=sorted(p.relative_to(staging_dir).as_posix() for p in own.rglob("*.pt")))
+
+    def load_checkpoint(self, checkpoint_dir: Path, model: torch.nn.Module, optimizer: Any, manifest: dict[str, Any]) -> None:
+        """Resume from DeepSpeed's files (loaded with pickle: they were verified against the manifest);
+        the weights alone (``optimizer`` None) come from ``model.safetensors``, pickle-free."""
+        if optimizer is None or self.engine is None:
+            read_full_state(self, checkpoint_dir, model, None, manifest)
+            return
+        pickled = pickled_files(manifest)
+        if not any(name.startswith(f"{CHECKPOINT_SUBDIR}/") for name in pickled):
+            raise CheckpointError(
+                f"{checkpoint_dir} was written by strategy {manifest.get('strategy') or 'unknown'!r}, not deepspeed: it "
+                "has no DeepSpeed optimizer state to resume. Resume it with the strategy that wrote it, or start "
+                "a new run from its model.safetensors."
+            )
+        for name in pickled:
+            checkpoint_file(checkpoint_dir, manifest, name)  # listed in the verified manifest, or an error
+        try:
+            path, _ = self.engine.load_checkpoint(
+                str(checkpoint_dir), tag=CHECKPOINT_SUBDIR, load_optimizer_states=True, load_lr_scheduler_states=True
+            )
+        except (RuntimeError, KeyError, ValueError, AssertionError) as exc:
+            raise CheckpointError(
+                f"{checkpoint_dir}: DeepSpeed could not load its state ({exc}); resume with the DeepSpeed config "
+                "(ZeRO stage, number of processes) the checkpoint was written with"
+            ) from exc
+        if path is None:
+            raise CheckpointError(f"{checkpoint_dir / CHECKPOINT_SUBDIR}: DeepSpeed found no checkpoint to load")
+
+    def teardown(self) -> None:
+        """Release the engine's hooks and buffers, then the process group (if treadle started it)."""
+        if self.engine is not None and hasattr(self.engine, "destroy"):
+            self.engine.destroy()
+        super().teardown()
+
+
+def _hidden_size(model: torch.nn.Module) -> Optional[int]:
+    """The model's hidden size, for ZeRO's ``"auto"`` bucket sizes (Hugging Face configs carry one)."""
+    config = getattr(model, "config", None)
+    for name in ("hidden_size", "d_model", "n_embd"):
+        value = getattr(config, name, None)
+        if isinstance(value, int) and value > 0:
+            return value
+    hidden = getattr(config, "hidden_sizes", None)
+    return max(hidden) if isinstance(hidden, (list, tuple)) and hidden else None
+
+
+def _cast_float_inputs(module: torch.nn.Module, dtype: torch.dtype) -> None:
+    """The engine holds half-precision weights: float inputs are cast to match (integer ids stay)."""
+
+    def cast(value: Any) -> Any:
+        if isinstance(value, torch.Tensor) and value.is_floating_point():
+            return value.to(dtype)
+        if isinstance(value, (list, tuple)):
+            return type(value)(cast(v) for v in value)
+        if isinstance(value, dict):
+            return {k: cast(v) for k, v in value.items()}
+        return value
+
+    def hook(_module: Any, args: tuple, kwargs: dict) -> tuple[tuple, dict]:
+        return cast(args), cast(kwargs)
+
+    module.register_forward_pre_hook(hook, with_kwargs=True)
+
+
+__all__ = ["CHECKPOINT_SUBDIR", "DeepSpeedStrategy"]

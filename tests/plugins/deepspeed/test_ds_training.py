@@ -1,0 +1,113 @@
+"""treadle-deepspeed in real processes: 2 ranks over gloo on DeepSpeed's CPU accelerator.
+
+The reference is one process with the batch both ranks see together (16 samples per step); ZeRO
+stages 2 and 3 on 2 ranks x 8 (with CPU offload) must end with its weights and with DDP's, and
+so must the ``deepspeed`` launcher's run of 2 ranks x 4 samples x 2 accumulation micro-batches.
+A ZeRO-3 run resumed from its middle checkpoint ends bitwise where the uninterrupted one did.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+
+import pytest
+from ds_kit import (
+    TREADLE,
+    assert_same_weights,
+    config_file,
+    deepspeed_launcher,
+    free_port,
+    logged,
+    manifest,
+    torchrun,
+    train,
+    weights,
+)
+
+ZERO2 = {"zero_optimization": {"stage": 2, "offload_optimizer": {"device": "cpu"}},
+         "train_micro_batch_size_per_gpu": "auto", "gradient_accumulation_steps": "auto", "gradient_clipping": "auto"}
+ZERO3 = {"zero_optimization": {"stage": 3, "offload_param": {"device": "cpu"}, "offload_optimizer": {"device": "cpu"},
+                               "stage3_param_persistence_threshold": "auto"},
+         "train_batch_size": "auto"}
+PICKLE_MAGIC = (b"\x80", b"PK\x03\x04")  # a raw pickle, or torch's zip of pickles
+
+
+def test_zero2_and_zero3_on_two_ranks_train_like_one_process_and_ddp(tmp_path, extensions):
+    one = train(tmp_path, "one", "--per_device_train_batch_size", "16", extensions=extensions)
+    zero2 = train(tmp_path, "zero2", "--deepspeed", config_file(tmp_path, "zero2", ZERO2),
+                  "--per_device_train_batch_size", "8", launcher=torchrun(), extensions=extensions)
+    zero3 = train(tmp_path, "zero3", "--nproc_per_node", "2", "--master_port", str(free_port()),
+                  "--deepspeed", config_file(tmp_path, "zero3", ZERO3), "--per_device_train_batch_size", "8",
+                  extensions=extensions)
+    for run in (zero2, zero3):
+        assert_same_weights(run, one)
+        assert logged(run, "loss") == pytest.approx(logged(one, "loss"), rel=1e-5)  # the mean over both ranks
+        assert logged(run, "learning_rate") == pytest.approx(logged(one, "learning_rate"))  # the rate each step used
+        assert logged(run, "grad_norm") == pytest.approx(logged(one, "grad_norm"), rel=1e-4)  # the engine's global norm
+    if importlib.util.find_spec("treadle_ddp") is not None:
+        ddp = train(tmp_path, "ddp", "--per_device_train_batch_size", "8", launcher=torchrun(), plugins="ddp",
+                    extensions=extensions)
+        assert_same_weights(zero3, ddp)
+
+
+def test_zero3_resumes_exactly_from_its_pickled_engine_state(tmp_path, extensions):
+    config = config_file(tmp_path, "zero3", ZERO3)
+    common = ("--deepspeed", config, "--per_device_train_batch_size", "8", "--save_strategy", "steps", "--save_steps", "4")
+    full = train(tmp_path, "full", *common, launcher=torchrun(), extensions=extensions)
+    middle = full / "checkpoint-4"
+    resumed = train(tmp_path, "resumed", *common, "--resume_from_checkpoint", middle, launcher=torchrun(),
+                    extensions=extensions)
+    assert_same_weights(resumed, full, rtol=0, atol=0)
+    assert logged(resumed, "loss")[-2:] == logged(full, "loss")[-2:]
+
+    facts = manifest(middle)
+    engine_files = sorted(p.relative_to(middle).as_posix() for p in (middle / "deepspeed").iterdir())
+    assert facts["strategy"] == "deepspeed" and facts["pickled"] == engine_files
+    partitions = [f"zero_pp_rank_{r}_mp_rank_00_{kind}_states.pt" for r in (0, 1) for kind in ("model", "optim")]
+    assert engine_files == [f"deepspeed/{name}" for name in partitions]
+    for name in set(facts["files"]) - set(facts["pickled"]):  # the rest of the checkpoint is pickle-free
+        assert not (middle / name).read_bytes().startswith(PICKLE_MAGIC), name
+    gathered, final = weights(middle), weights(full)  # model.safetensors holds the full ZeRO-3 weights
+    assert {k: v.shape for k, v in gathered.items()} == {k: v.shape for k, v in final.items()}
+
+
+def test_the_deepspeed_launcher_with_accumulation(tmp_path, extensions):
+    one = train(tmp_path, "one", "--per_device_train_batch_size", "16", extensions=extensions)
+    launched = train(tmp_path, "launched", "--deepspeed", '{"zero_optimization": {"stage": 2}}',
+                     "--per_device_train_batch_size", "4", "--gradient_accumulation_steps", "2",
+                     launcher=deepspeed_launcher(), extensions=extensions)
+    assert_same_weights(launched, one)
+    assert logged(launched, "loss") == pytest.approx(logged(one, "loss"), rel=1e-5)
+
+
+def test_optimizer_and_scheduler_from_the_config_take_the_arguments(tmp_path, extensions):
+    config = {
+        "zero_optimization": {"stage": 1},
+        # torch_adam: DeepSpeed's torch AdamW (its fused CPU Adam would compile for a minute first)
+        "optimizer": {"type": "AdamW", "params": {"lr": "auto", "betas": "auto", "eps": "auto", "weight_decay": "auto",
+                                                  "torch_adam": True}},
+        "scheduler": {"type": "WarmupDecayLR", "params": {"warmup_min_lr": "auto", "warmup_max_lr": "auto",
+                                                          "warmup_num_steps": "auto", "total_num_steps": "auto",
+                                                          "warmup_type": "linear"}},
+    }
+    run = train(tmp_path, "config", "--deepspeed", config_file(tmp_path, "config", config), "--warmup_steps", "4",
+                "--logging_steps", "1", "--per_device_train_batch_size", "16", extensions=extensions)
+    # DeepSpeed's WarmupDecayLR at iteration i (its first step runs before iteration 0, at rate 0): linear
+    # warmup to --learning_rate over --warmup_steps 4, then down to 0 at --max_steps 8
+    expected = [0.0, 0.0, 0.25e-3, 0.5e-3, 0.75e-3, 1e-3, 0.75e-3, 0.5e-3]
+    assert logged(run, "learning_rate") == pytest.approx(expected)
+    assert set(weights(run)) == {f"net.{i}.{kind}" for i in (0, 3, 6) for kind in ("weight", "bias")}
+
+
+def test_a_contradiction_stops_before_any_process_starts(tmp_path, extensions):
+    from ds_kit import run
+
+    result = run([*TREADLE, "train", "--task", "ds_task:build", "--output_dir", tmp_path / "out",
+                  "--deepspeed", '{"train_micro_batch_size_per_gpu": 4}', "--per_device_train_batch_size", "8"],
+                 extensions=extensions)
+    assert result.returncode == 2
+    assert "train_micro_batch_size_per_gpu is 4" in result.stderr and "--per_device_train_batch_size is 8" in result.stderr
+    assert "Traceback" not in result.stderr
+    rank = run([*TREADLE, "--local_rank=0", "args", "--deepspeed", '{"gradient_clipping": 0.25}'], extensions=extensions)
+    assert rank.returncode == 0, rank.stderr  # the deepspeed launcher's --local_rank=N comes before the command
+    assert any(line.split()[:2] == ["max_grad_norm", "0.25"] for line in rank.stdout.splitlines()), rank.stdout
