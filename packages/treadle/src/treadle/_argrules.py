@@ -367,6 +367,9 @@ def normalise(args) -> list[str]:
         value = getattr(args, name)
         if value is None:
             continue
+        if name == "parallelism_config" and dataclasses.is_dataclass(value) and not isinstance(value, type):
+            # accelerate's ParallelismConfig: its set fields, so plugins read one shape
+            value = {f.name: getattr(value, f.name) for f in dataclasses.fields(value) if getattr(value, f.name) is not None}
         try:
             value = _coerce_json_dict(value, allow_path=True)
         except ValueError as exc:

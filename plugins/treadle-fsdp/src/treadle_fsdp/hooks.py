@@ -16,8 +16,9 @@ from treadle import hookimpl
 def treadle_register_strategies(register: Any) -> None:
     register(
         "fsdp",
-        "treadle_fsdp.strategy:FsdpStrategy",
-        description="fully sharded data parallel on FSDP2 (fully_shard on a device mesh), sharded DCP checkpoints",
+        "treadle_fsdp.nd_strategy:NdFsdpStrategy",  # FsdpStrategy, plus parallelism_config's N-D mesh (tp)
+        description="fully sharded data parallel on FSDP2 (fully_shard on a device mesh; tensor parallel with "
+        "parallelism_config), sharded DCP checkpoints",
         aliases=("fsdp2",),
     )
 
@@ -25,6 +26,12 @@ def treadle_register_strategies(register: Any) -> None:
 @hookimpl
 def treadle_validate_arguments(args: Any) -> list[str] | None:
     strategy = getattr(args.strategy, "value", args.strategy)
+    if getattr(args, "parallelism_config", None) is not None and strategy in ("fsdp", "fsdp2", "auto", None):
+        from treadle_fsdp.parallelism import check_arguments
+
+        problems = check_arguments(args)
+        if problems:
+            return problems
     if strategy not in ("fsdp", "fsdp2") and not args.fsdp:
         return None
     from treadle_fsdp.options import FsdpOptionError, settings
@@ -36,6 +43,18 @@ def treadle_validate_arguments(args: Any) -> list[str] | None:
     except FsdpOptionError as exc:
         return exc.problems
     return None
+
+
+@hookimpl
+def treadle_extend_catalog(catalog: Any) -> None:
+    """``parallelism_config`` (without a deepspeed config, which has its own sequence parallelism) selects fsdp."""
+
+    def _parallelism(args: Any) -> str | None:
+        if getattr(args, "parallelism_config", None) is None or getattr(args, "deepspeed", None) is not None:
+            return None
+        return "implied by parallelism_config"
+
+    catalog.imply("strategy", "fsdp", _parallelism, field="parallelism_config", describe=lambda args: "parallelism_config")
 
 
 @hookimpl

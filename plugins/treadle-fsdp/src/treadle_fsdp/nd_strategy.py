@@ -1,0 +1,163 @@
+"""The ``fsdp`` strategy with ``parallelism_config``: FSDP2 over the data dimensions of an N-D mesh,
+tensor parallel over another.
+
+Without ``parallelism_config`` this is exactly ``FsdpStrategy``. With it, the processes form a
+``(dp_replicate, dp_shard, cp, tp)`` mesh (``parallelism.Layout``); the model is first split by
+its tensor-parallel plan over ``tp`` (``tensor_parallel``), then ``fully_shard`` shards what
+each tp rank holds over ``dp_shard`` (replicated over ``dp_replicate``: HSDP), so every
+parameter ends as a DTensor on the data mesh or on the data x tp mesh.
+
+What a data-parallel run does differently here:
+
+* data: ranks of one tp block must see the same batch, so ``shard_info`` is the data-parallel
+  (replicas, index), and ``get_total_train_batch_size`` counts only data-parallel replicas;
+* gradient norm: parameters live on two meshes (tp-split ones on dp x tp, the rest on dp), so
+  the norm is taken per mesh and summed in squares, then clipped with one global factor;
+* evaluation: predictions are gathered over the data-parallel group only (each tp block holds
+  one copy of its batch's predictions, which the world-wide gather would count tp times);
+* checkpoints are the parent's DCP shards (DTensors of any mesh), so a 2 x 2 run resumes on its
+  own mesh exactly and reshards onto another, including one process.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from treadle.errors import UsageError
+
+from treadle_fsdp import parallelism, tensor_parallel, wrapping
+from treadle_fsdp.strategy import FsdpStrategy, _full
+
+
+class NdFsdpStrategy(FsdpStrategy):
+    """FSDP2 composed with tensor parallel on a DeviceMesh chosen by ``parallelism_config``."""
+
+    def __init__(self, args: Any, backend: Any, precision: Any) -> None:
+        super().__init__(args, backend, precision)
+        try:
+            self.layout: parallelism.Layout | None = parallelism.layout(args.load_json_field("parallelism_config"))
+        except parallelism.ParallelismError as exc:
+            raise UsageError("\n".join(exc.problems)) from None
+        self.device_mesh: Any = None
+        self._dp_group: Any = None
+
+    # sizes (read by Trainer.get_tp_size / get_cp_size / get_sp_size) -------------------------
+    @property
+    def tp_size(self) -> int:
+        return self.layout.tp if self.layout else 1
+
+    @property
+    def cp_size(self) -> int:
+        return self.layout.cp if self.layout else 1
+
+    @property
+    def sp_size(self) -> int:
+        return self.layout.sp if self.layout else 1
+
+    def _resolved(self) -> parallelism.Layout:
+        assert self.layout is not None
+        try:
+            self.layout = self.layout.resolve(self.world_size)
+        except parallelism.ParallelismError as exc:
+            raise UsageError("\n".join(exc.problems)) from None
+        return self.layout
+
+    # mesh ------------------------------------------------------------------------------------
+    def _build_mesh(self) -> Any:
+        """The N-D mesh; returns its data-parallel part, the mesh ``fully_shard`` shards over."""
+        if self.layout is None:
+            return super()._build_mesh()
+        from torch.distributed.device_mesh import init_device_mesh
+
+        layout = self._resolved()
+        if self.settings.mode not in ("full_shard", "shard_grad_op", "hybrid_shard", "hybrid_shard_zero2"):
+            raise UsageError(f"parallelism_config: --fsdp {self.settings.mode} cannot be combined with an N-D mesh; "
+                             "use full_shard (set dp_shard_size=1 to replicate)")
+        mesh = init_device_mesh(self.root_device.type, layout.shape(), mesh_dim_names=parallelism.MESH_DIMS)
+        self.device_mesh = mesh
+        data = mesh["dp_replicate", "dp_shard"]
+        self._dp_group = data._flatten("dp").get_group() if layout.tp > 1 else None
+        return data if layout.dp_replicate > 1 else mesh["dp_shard"]
+
+    def shard_info(self) -> tuple[int, int]:
+        """(data-parallel replicas, this process's index): a tp block shares its batches."""
+        if self.layout is None:
+            return super().shard_info()
+        layout = self._resolved()
+        return layout.dp_size, layout.dp_rank(self.global_rank)
+
+    # model -----------------------------------------------------------------------------------
+    def setup_model(self, model: torch.nn.Module) -> torch.nn.Module:
+        """Split the model by its tensor-parallel plan, then shard it over the data mesh (the parent)."""
+        self.setup_environment()
+        if self.layout is None or self.layout.tp == 1:
+            return super().setup_model(model)
+        if not wrapping.has_meta_parameters(model):
+            model.to(self.root_device)
+            if self.settings.sync_module_states and self.world_size > 1:
+                wrapping.broadcast_from_rank0(model)  # before splitting: plain tensors, one broadcast each
+        tensor_parallel.apply(model, self.device_mesh["tp"], self.layout.tp_plan)
+        synced, self.settings.sync_module_states = self.settings.sync_module_states, False
+        try:
+            return super().setup_model(model)
+        finally:
+            self.settings.sync_module_states = synced
+
+    # gradients -------------------------------------------------------------------------------
+    def grad_norm(self, model: torch.nn.Module) -> torch.Tensor | None:
+        """The global gradient norm, taken per mesh (tp-split and data-only parameters differ)."""
+        if self.layout is None:
+            return super().grad_norm(model)
+        grads = [p.grad for p in model.parameters() if p.grad is not None]
+        if not grads:
+            return None
+        groups: dict[Any, list[torch.Tensor]] = {}
+        for grad in grads:
+            mesh = getattr(grad, "device_mesh", None)
+            key = (id(mesh), tuple(getattr(grad, "placements", ())))
+            groups.setdefault(key, []).append(grad)
+        squares = [_full(torch.nn.utils.get_total_norm(group)).float() ** 2 for group in groups.values()]
+        return torch.stack(squares).sum().sqrt()
+
+    def clip_grad_norm(self, model: torch.nn.Module, optimizer: Any, max_norm: float) -> torch.Tensor:
+        if self.layout is None:
+            return super().clip_grad_norm(model, optimizer, max_norm)
+        self.precision.unscale_gradients(optimizer)
+        norm = self.grad_norm(model)
+        if norm is None:
+            return torch.tensor(0.0)
+        factor = min(float(max_norm) / (float(norm) + 1e-6), 1.0)
+        if factor < 1.0:
+            with torch.no_grad():
+                for param in model.parameters():
+                    if param.grad is not None:
+                        param.grad.mul_(factor)
+        return norm
+
+    # evaluation gathers over the data-parallel group ----------------------------------------
+    def all_gather(self, tensor: torch.Tensor) -> torch.Tensor:
+        if self._dp_group is None:
+            return super().all_gather(tensor)
+        tensor = tensor.detach().contiguous()
+        if tensor.dim() == 0:
+            tensor = tensor.reshape(1)
+        parts = [torch.empty_like(tensor) for _ in range(dist.get_world_size(self._dp_group))]
+        dist.all_gather(parts, tensor, group=self._dp_group)
+        return torch.cat(parts)
+
+    def all_gather_object(self, obj: Any) -> list[Any]:
+        if self._dp_group is None:
+            return super().all_gather_object(obj)
+        gathered: list[Any] = [None] * dist.get_world_size(self._dp_group)
+        dist.all_gather_object(gathered, obj, group=self._dp_group)
+        return gathered
+
+    def teardown(self) -> None:
+        self.device_mesh = None
+        self._dp_group = None
+        super().teardown()
+
+
+__all__ = ["NdFsdpStrategy"]

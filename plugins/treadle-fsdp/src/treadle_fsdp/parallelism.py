@@ -1,0 +1,150 @@
+"""``parallelism_config``: the sizes of an N-D device mesh, read and checked without torch.
+
+A run on ``world_size`` processes is laid out as ``dp_replicate x dp_shard x cp x tp`` (row-major,
+tensor parallel innermost so the chattiest dimension gets the closest ranks). The value may be a
+dict (or JSON text / a JSON file, which the core has already read), or accelerate's
+``ParallelismConfig`` object, whose attribute names are the keys below. ``dp_shard_size`` may be
+left out (or -1): it takes whatever the other sizes leave of the world size.
+
+``sp_size`` is accepted because the seeds count it in ``world_size = dp * tp * cp * sp``, but
+sequence parallelism in that sense (ALST / Ulysses) is DeepSpeed's engine, not torch's; sizes
+above 1 are refused here with a pointer to ``--strategy deepspeed``. Context parallel
+(``cp_size > 1``) is likewise refused for now: torch's ring attention shards only the CUDA
+flash / memory-efficient SDPA kernels, and wiring it needs a context around forward *and*
+backward that the loop does not yet give a strategy (docs/scaling.md says what is missing).
+
+Only the standard library is used, so the arguments are checked at parse time.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+SIZE_KEYS = ("dp_replicate_size", "dp_shard_size", "tp_size", "cp_size", "sp_size")
+KNOWN_KEYS = (*SIZE_KEYS, "tp_plan", "tp_handler", "cp_handler", "sp_handler", "sp_backend")
+MESH_DIMS = ("dp_replicate", "dp_shard", "cp", "tp")
+
+
+class ParallelismError(ValueError):
+    """The configuration asks for a mesh that cannot be built; ``problems`` holds one message each."""
+
+    def __init__(self, problems: list[str]) -> None:
+        super().__init__("; ".join(problems))
+        self.problems = problems
+
+
+@dataclass
+class Layout:
+    """The mesh sizes of one run (``dp_shard`` None until the world size is known)."""
+
+    dp_replicate: int = 1
+    dp_shard: int | None = None
+    tp: int = 1
+    cp: int = 1
+    sp: int = 1
+    tp_plan: dict[str, str] | None = None
+    """A user's plan (module-name pattern -> style); None: the model's own ``_tp_plan``."""
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def resolve(self, world_size: int) -> Layout:
+        """Fill in ``dp_shard`` and check the product against ``world_size`` (raises ParallelismError)."""
+        fixed = self.dp_replicate * self.tp * self.cp * self.sp
+        shard = self.dp_shard
+        if shard is None:
+            if world_size % fixed:
+                raise ParallelismError([
+                    f"parallelism_config: {world_size} processes cannot be split into dp_replicate_size="
+                    f"{self.dp_replicate} x tp_size={self.tp} x cp_size={self.cp} x sp_size={self.sp} (= {fixed}); "
+                    f"the world size must be a multiple of {fixed}"
+                ])
+            shard = world_size // fixed
+        if fixed * shard != world_size:
+            raise ParallelismError([
+                f"parallelism_config: dp_replicate_size={self.dp_replicate} x dp_shard_size={shard} x tp_size={self.tp} "
+                f"x cp_size={self.cp} x sp_size={self.sp} = {fixed * shard}, but the run has {world_size} processes; "
+                "the sizes must multiply to the world size (leave dp_shard_size out to have it inferred)"
+            ])
+        return Layout(self.dp_replicate, shard, self.tp, self.cp, self.sp, self.tp_plan, dict(self.extra))
+
+    @property
+    def dp_size(self) -> int:
+        """Data-parallel replicas: processes that see different batches."""
+        return self.dp_replicate * (self.dp_shard or 1)
+
+    def dp_rank(self, global_rank: int) -> int:
+        """This process's data-parallel index (ranks of one tp x cp block share it)."""
+        return global_rank // (self.tp * self.cp * self.sp)
+
+    def shape(self) -> tuple[int, int, int, int]:
+        return (self.dp_replicate, self.dp_shard or 1, self.cp, self.tp)
+
+
+def as_dict(value: Any) -> dict[str, Any] | None:
+    """A dict from a dict, or from accelerate's ``ParallelismConfig`` (its attributes); None stays None."""
+    if value is None or isinstance(value, dict):
+        return value
+    if any(hasattr(value, key) for key in SIZE_KEYS):  # accelerate.ParallelismConfig, or any look-alike
+        return {key: getattr(value, key) for key in KNOWN_KEYS if getattr(value, key, None) is not None}
+    raise ParallelismError([
+        f"parallelism_config: expected a JSON object, a JSON file or accelerate's ParallelismConfig, got {type(value).__name__}"
+    ])
+
+
+def layout(value: Any, world_size: int | None = None) -> Layout | None:
+    """The Layout a ``parallelism_config`` value asks for (resolved when ``world_size`` is given)."""
+    config = as_dict(value)
+    if config is None:
+        return None
+    problems: list[str] = []
+    unknown = sorted(k for k in config if k not in KNOWN_KEYS)
+    if unknown:
+        problems.append(f"parallelism_config: unknown key(s) {', '.join(map(repr, unknown))}; known: {', '.join(KNOWN_KEYS)}")
+    sizes: dict[str, int | None] = {}
+    for key in SIZE_KEYS:
+        raw = config.get(key)
+        if raw is None or (key == "dp_shard_size" and raw == -1):
+            sizes[key] = None if key == "dp_shard_size" else 1
+        elif isinstance(raw, bool) or not isinstance(raw, int) or raw < 1:
+            problems.append(f"parallelism_config: {key} must be a whole number >= 1, got {raw!r}")
+            sizes[key] = 1
+        else:
+            sizes[key] = raw
+    plan = config.get("tp_plan")
+    if plan is not None and not (isinstance(plan, dict) and all(isinstance(k, str) and isinstance(v, str) for k, v in plan.items())):
+        problems.append("parallelism_config: tp_plan must map module-name patterns to styles, e.g. {\"layers.*.q\": \"colwise\"}")
+        plan = None
+    if (sizes["sp_size"] or 1) > 1:
+        problems.append(
+            f"parallelism_config: sp_size={sizes['sp_size']} asks for ALST/Ulysses sequence parallelism, which is "
+            "DeepSpeed's engine (use --strategy deepspeed); the fsdp strategy builds on torch's DeviceMesh and offers "
+            "dp_replicate_size, dp_shard_size and tp_size"
+        )
+    if (sizes["cp_size"] or 1) > 1:
+        problems.append(
+            f"parallelism_config: cp_size={sizes['cp_size']}: context parallel is not available in treadle-fsdp yet "
+            "(torch's ring attention shards only CUDA's flash / memory-efficient attention, and treadle has no hook "
+            "around forward and backward for it); use cp_size=1"
+        )
+    result = Layout(
+        dp_replicate=sizes["dp_replicate_size"] or 1, dp_shard=sizes["dp_shard_size"], tp=sizes["tp_size"] or 1,
+        cp=sizes["cp_size"] or 1, sp=sizes["sp_size"] or 1, tp_plan=plan,
+        extra={k: v for k, v in config.items() if k in ("tp_handler", "cp_handler", "sp_handler", "sp_backend")},
+    )
+    if problems:
+        raise ParallelismError(problems)
+    return result.resolve(world_size) if world_size is not None else result
+
+
+def check_arguments(args: Any) -> list[str]:
+    """Parse-time problems of ``args.parallelism_config`` (the world size too, when a launcher set WORLD_SIZE)."""
+    import os
+
+    world = os.environ.get("WORLD_SIZE", "").strip()
+    try:
+        layout(args.load_json_field("parallelism_config"), int(world) if world.isdigit() else None)
+    except OSError as exc:
+        return [f"parallelism_config: cannot read {args.parallelism_config}: {exc}"]
+    except ParallelismError as exc:
+        return exc.problems
+    return []
