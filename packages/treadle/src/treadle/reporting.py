@@ -105,8 +105,9 @@ def model_files(output_dir: str) -> list[str]:
 def unreachable(url: str, timeout: float = 3.0) -> Optional[str]:
     """Why the HTTP server at ``url`` cannot be reached within ``timeout`` seconds; None when it answers.
 
-    Any HTTP answer counts (a 404 still proves the server is there). Reporters probe their
-    tracking server with it before the run, because the vendor clients retry for minutes.
+    An HTTP answer counts (a 404 still proves the server is there), except 502 / 503 / 504: a
+    proxy or gateway saying the server behind it is not. Reporters probe their tracking server
+    with it before the run, because the vendor clients retry for minutes.
     """
     import urllib.error
     import urllib.request
@@ -114,8 +115,8 @@ def unreachable(url: str, timeout: float = 3.0) -> Optional[str]:
     try:
         with urllib.request.urlopen(url, timeout=timeout):
             return None
-    except urllib.error.HTTPError:
-        return None
+    except urllib.error.HTTPError as exc:
+        return f"HTTP {exc.code} {exc.reason}" if exc.code in (502, 503, 504) else None
     except (urllib.error.URLError, OSError, ValueError) as exc:
         reason = getattr(exc, "reason", exc)
         return str(reason) or type(exc).__name__
