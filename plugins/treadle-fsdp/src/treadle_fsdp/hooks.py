@@ -62,5 +62,10 @@ def treadle_report_env() -> list[tuple[str, str]] | None:
     import torch
     import torch.distributed as dist
 
-    available = dist.is_available() and hasattr(torch.distributed, "fsdp")
+    try:
+        from torch.distributed.fsdp import fully_shard  # noqa: F401
+    except ImportError:
+        available = False
+    else:
+        available = dist.is_available()
     return [("FSDP2 (torch.distributed.fsdp.fully_shard)", f"torch {torch.__version__}" if available else "not available")]
