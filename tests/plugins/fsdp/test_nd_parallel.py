@@ -96,6 +96,12 @@ class _Lines(logging.Handler):
         self.lines.append(record.getMessage())
 
 
+def _accuracy(prediction) -> dict[str, float]:
+    """Next-token accuracy over every gathered sample (a sample gathered twice would shift it)."""
+    logits, labels = prediction.predictions, prediction.label_ids
+    return {"accuracy": float((logits.argmax(-1) == labels).mean())}
+
+
 def train(output_dir, resume=None, **overrides):
     from treadle import Trainer, TrainingArguments
 
@@ -105,7 +111,8 @@ def train(output_dir, resume=None, **overrides):
         save_strategy="no", report_to="none", seed=7, dataloader_drop_last=True, disable_tqdm=True, log_level="info",
     )
     options.update(overrides)
-    trainer = Trainer(args=TrainingArguments(**options), train_dataset=dataset(), model_init=TinyLM)
+    trainer = Trainer(args=TrainingArguments(**options), train_dataset=dataset(), eval_dataset=dataset(),
+                      model_init=TinyLM, compute_metrics=_accuracy)
     logged = _Lines()
     logging.getLogger("treadle").addHandler(logged)
     with trainer:
@@ -114,7 +121,9 @@ def train(output_dir, resume=None, **overrides):
         finally:
             logging.getLogger("treadle").removeHandler(logged)
         trainer.save_model()
+        evaluated = trainer.evaluate()
         facts = {
+            "eval": [evaluated["eval_loss"], evaluated["eval_accuracy"]],
             "sizes": [trainer.get_tp_size(), trainer.get_cp_size(), trainer.get_sp_size()],
             "total_batch": trainer.get_total_train_batch_size(),
             "plan": [line for line in logged.lines if line.startswith("training:")],
@@ -152,7 +161,7 @@ def _assert_close(output, reference, atol=1e-5):
     assert got.keys() == want.keys()
     for key in want:
         torch.testing.assert_close(got[key], want[key], atol=atol, rtol=1e-4, msg=f"{output}: {key}")
-    for series in ("loss", "grad_norm"):
+    for series in ("loss", "grad_norm", "eval"):
         torch.testing.assert_close(_facts(output)[series], _facts(reference)[series], atol=1e-5, rtol=1e-4)
 
 
