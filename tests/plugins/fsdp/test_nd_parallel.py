@@ -102,7 +102,7 @@ def _accuracy(prediction) -> dict[str, float]:
     return {"accuracy": float((logits.argmax(-1) == labels).mean())}
 
 
-def train(output_dir, resume=None, **overrides):
+def train(output_dir, resume=None, model_init=TinyLM, data=dataset, **overrides):
     from treadle import Trainer, TrainingArguments
 
     options = dict(
@@ -111,8 +111,8 @@ def train(output_dir, resume=None, **overrides):
         save_strategy="no", report_to="none", seed=7, dataloader_drop_last=True, disable_tqdm=True, log_level="info",
     )
     options.update(overrides)
-    trainer = Trainer(args=TrainingArguments(**options), train_dataset=dataset(), eval_dataset=dataset(),
-                      model_init=TinyLM, compute_metrics=_accuracy)
+    trainer = Trainer(args=TrainingArguments(**options), train_dataset=data(), eval_dataset=data(),
+                      model_init=model_init, compute_metrics=_accuracy)
     logged = _Lines()
     logging.getLogger("treadle").addHandler(logged)
     with trainer:
@@ -198,6 +198,45 @@ def test_dp2_tp2_trains_like_fsdp_and_one_process_and_resumes(tmp_path):
     got = _weights(tmp_path / "one_resumed")
     for key, value in _weights(nd).items():
         torch.testing.assert_close(got[key], value, atol=1e-5, rtol=1e-4, msg=key)
+
+
+# ------------------------------------------------------------------------- a transformers model
+
+
+class TokenRows(torch.utils.data.Dataset):
+    """Causal-LM samples as transformers models take them (the model shifts the labels itself)."""
+
+    def __init__(self) -> None:
+        self.ids = torch.randint(0, VOCAB, (64, SEQ), generator=torch.Generator().manual_seed(0))
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
+        return {"input_ids": self.ids[i], "labels": self.ids[i]}
+
+
+def tiny_llama():
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    config = LlamaConfig(vocab_size=VOCAB, hidden_size=WIDTH, intermediate_size=2 * WIDTH, num_hidden_layers=2,
+                         num_attention_heads=HEADS, num_key_value_heads=HEADS, attn_implementation="sdpa")
+    return LlamaForCausalLM(config)
+
+
+def _llama_ranks(rank: int, root: str) -> None:
+    train(f"{root}/nd", model_init=tiny_llama, data=TokenRows, strategy="fsdp", parallelism_config=ND)
+
+
+def test_a_transformers_model_splits_by_its_own_tp_plan(tmp_path):
+    """LlamaForCausalLM's _tp_plan (colwise/rowwise projections, embedding_rowwise, colwise_gather_output head)."""
+    pytest.importorskip("transformers")
+    from treadle_fsdp import tensor_parallel
+
+    assert {"model.embed_tokens", "lm_head", "model.layers.1.mlp.down_proj"} <= set(tensor_parallel.plan_for(tiny_llama(), None, 2))
+    train(tmp_path / "single", model_init=tiny_llama, data=TokenRows, per_device_train_batch_size=16)
+    run_ranks(4, _llama_ranks, str(tmp_path), timeout=300)
+    _assert_close(tmp_path / "nd", tmp_path / "single")
 
 
 # ------------------------------------------------------------------------- impossible meshes

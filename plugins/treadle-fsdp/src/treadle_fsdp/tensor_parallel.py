@@ -9,7 +9,10 @@ or, through ``base_model_prefix``, to its base model). The style names are trans
   slice of the activations, e.g. its share of the attention heads;
 * ``rowwise``: the input features are split and the outputs summed (``RowwiseParallel``),
   closing a colwise pair with one all-reduce;
-* ``colwise_rep``: split like colwise, the output gathered back (an untied LM head).
+* ``colwise_rep`` (transformers 5: ``colwise_gather_output``): split like colwise, the output
+  gathered back (an untied LM head);
+* ``embedding_rowwise``: an ``nn.Embedding`` split by vocabulary rows, the looked-up vectors
+  summed over the tp ranks (each holds the rows of its token ids, zeros elsewhere).
 
 Each planned layer's split dimension must divide by the tensor-parallel size; a model whose
 code reshapes by a fixed head count (rather than ``-1``) cannot run on its slice, which no
@@ -24,7 +27,7 @@ from typing import Any
 from torch import nn
 from treadle.errors import UsageError
 
-STYLES = ("colwise", "rowwise", "colwise_rep")
+STYLES = ("colwise", "rowwise", "colwise_rep", "colwise_gather_output", "embedding_rowwise")
 
 
 def _style(name: str) -> Any:
@@ -35,6 +38,8 @@ def _style(name: str) -> Any:
         return ColwiseParallel()
     if name == "rowwise":
         return RowwiseParallel()
+    if name == "embedding_rowwise":
+        return RowwiseParallel(input_layouts=Replicate())
     return ColwiseParallel(output_layouts=Replicate())
 
 
@@ -70,12 +75,17 @@ def resolve_plan(model: nn.Module, plan: dict[str, str], tp_size: int) -> dict[s
         for name, module in modules.items():
             if not matcher.match(name):
                 continue
-            if not isinstance(module, nn.Linear):
-                problems.append(f"{name} ({type(module).__name__}) is not an nn.Linear")
+            wanted = nn.Embedding if style == "embedding_rowwise" else nn.Linear
+            if not isinstance(module, wanted):
+                problems.append(f"{name} ({type(module).__name__}) is not an nn.{wanted.__name__} (style {style})")
                 continue
-            width = module.out_features if style.startswith("colwise") else module.in_features
+            if style == "embedding_rowwise":
+                which, width = "num_embeddings", module.num_embeddings
+            elif style.startswith("colwise"):
+                which, width = "out_features", module.out_features
+            else:
+                which, width = "in_features", module.in_features
             if width % tp_size:
-                which = "out_features" if style.startswith("colwise") else "in_features"
                 problems.append(f"{name}: {which}={width} does not divide by tp_size={tp_size}")
                 continue
             resolved[name] = _style(style)
