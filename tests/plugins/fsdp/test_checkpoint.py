@@ -3,15 +3,16 @@
 One reference run of 2 ranks saves at steps 2 and 4. Resuming its step-2 checkpoint on 2 ranks
 must end bitwise equal to it; on 1 rank (batch 16) and on 4 ranks (batch 4), which see the same
 global batches, DCP reshards the weights and the optimizer state and the run ends within float
-tolerance of it.
+tolerance of it. load_best_model_at_end brings back the best checkpoint's shards (weights only).
 """
 
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import torch
-from fsdp_kit import TinyNet, final_weights, losses, run_ranks, train
+from fsdp_kit import TinyNet, dataset, final_weights, losses, run_ranks, train, training_args
 
 COMMON = dict(strategy="fsdp", fsdp="full_shard auto_wrap", save_strategy="steps", save_steps=2)
 
@@ -20,6 +21,21 @@ def _reference_and_resume(rank: int, root: str) -> None:
     train(f"{root}/reference", **COMMON)
     train(f"{root}/resumed", resume=f"{root}/reference/checkpoint-2", **COMMON)
     train(f"{root}/full", **{**COMMON, "max_steps": 2, "fsdp_config": {"fsdp_state_dict_type": "FULL_STATE_DICT"}})
+    _best_model_at_end(f"{root}/best")
+
+
+def _best_model_at_end(output_dir: str) -> None:
+    """load_best_model_at_end reads the weights only (optimizer None) from the best sharded checkpoint."""
+    from treadle import Trainer
+
+    args = training_args(output_dir, **{**COMMON, "save_steps": 1}, eval_strategy="steps", eval_steps=1, learning_rate=0.5,
+                         load_best_model_at_end=True, metric_for_best_model="loss")
+    trainer = Trainer(args=args, model_init=TinyNet, train_dataset=dataset(), eval_dataset=dataset())
+    with trainer:
+        trainer.train()
+        final = trainer.evaluate()["eval_loss"]
+        evals = [e["eval_loss"] for e in trainer.state.log_history if "eval_loss" in e][:-1]
+        Path(output_dir, "best.json").write_text(json.dumps({"evals": evals, "best": trainer.state.best_metric, "final": final}))
 
 
 def _resume_on(rank: int, root: str, world: int) -> None:
@@ -51,6 +67,9 @@ def test_sharded_checkpoints_resume_exactly_and_reshard(tmp_path):
     for key in reference:
         assert torch.equal(reference[key], resumed[key]), key
     assert losses(tmp_path / "resumed") == losses(tmp_path / "reference")  # the history up to step 2 came back too
+
+    best = json.loads((tmp_path / "best" / "best.json").read_text())
+    assert best["best"] == min(best["evals"]) < best["evals"][-1] and best["final"] == best["best"]
 
     # FULL_STATE_DICT adds one consolidated model.safetensors, equal to the shards
     full = final_weights(tmp_path / "full" / "checkpoint-2")
