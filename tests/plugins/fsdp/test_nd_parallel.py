@@ -310,3 +310,8 @@ def test_refused_dimensions_and_plans():
     with pytest.raises(UsageError, match="'gather'"):
         tensor_parallel.plan_for(TinyLM(), {"head": "gather"}, 2)
     assert set(tensor_parallel.plan_for(TinyLM(), {"layers.*.up": "colwise"}, 2)) == {"layers.0.up", "layers.1.up"}
+    tied = TinyLM()
+    tied.head = nn.Linear(WIDTH, VOCAB, bias=False)
+    tied.head.weight = tied.embed.weight
+    with pytest.raises(UsageError, match="head shares its weight with embed"):
+        tensor_parallel.plan_for(tied, {"head": "colwise_rep"}, 2)

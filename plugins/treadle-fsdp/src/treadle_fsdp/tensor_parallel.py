@@ -89,6 +89,7 @@ def resolve_plan(model: nn.Module, plan: dict[str, str], tp_size: int) -> dict[s
                 problems.append(f"{name}: {which}={width} does not divide by tp_size={tp_size}")
                 continue
             resolved[name] = _style(style)
+    problems += _tied(model, resolved)
     if problems:
         raise UsageError("tensor parallel plan: " + "; ".join(problems))
     if not resolved:
@@ -96,6 +97,22 @@ def resolve_plan(model: nn.Module, plan: dict[str, str], tp_size: int) -> dict[s
             f"tensor parallel plan: none of its patterns ({', '.join(plan)}) names a module of {type(model).__name__}"
         )
     return resolved
+
+
+def _tied(model: nn.Module, resolved: dict[str, Any]) -> list[str]:
+    """A weight shared by a planned layer and another module would be split one way and used another."""
+    owners: dict[int, list[str]] = {}
+    for name, param in model.named_parameters(remove_duplicate=False):
+        owners.setdefault(id(param), []).append(name.rpartition(".")[0])
+    problems = []
+    for users in owners.values():
+        planned = [u for u in users if u in resolved]
+        if planned and len(set(users)) > 1:
+            problems.append(
+                f"{planned[0]} shares its weight with {', '.join(u for u in users if u != planned[0])} (tied weights); "
+                "untie them or leave both out of the plan"
+            )
+    return problems
 
 
 def plan_for(model: nn.Module, user_plan: dict[str, str] | None, tp_size: int) -> dict[str, Any]:
