@@ -2,8 +2,9 @@
 
 A tiny causal transformer whose attention and MLP projections carry a transformers-style
 ``_tp_plan`` trains for 4 steps (global batch 16) three ways in the same four processes:
-dp=2 x tp=2, plain FSDP on 4 ranks, and dp=2 x tp=2 resumed from its step-2 DCP checkpoint.
-The first two and a one-process run of batch 16 must agree within float tolerance; the resumed
+dp=2 x tp=2, plain FSDP on 4 ranks, dp=2 x tp=2 resumed from its step-2 DCP checkpoint, and
+replicate=2 x tp=2 (HSDP). All but the resumed one must agree with a one-process run of batch 16
+within float tolerance; the resumed
 run must end where the uninterrupted one did; the step-2 checkpoint must also resume in one
 process. Context parallel and sequence parallel are refused with a message (see parallelism.py),
 so no test runs them.
@@ -140,6 +141,8 @@ def _four_ranks(rank: int, root: str) -> None:
     train(f"{root}/nd", save_strategy="steps", save_steps=2, **nd)
     train(f"{root}/fsdp4", strategy="fsdp", per_device_train_batch_size=4)
     train(f"{root}/nd_resumed", resume=f"{root}/nd/checkpoint-2", **nd)
+    # HSDP x tp: two replicas of a model split over tp (nothing left to shard over data)
+    train(f"{root}/hsdp_tp", strategy="fsdp", parallelism_config={"dp_replicate_size": 2, "tp_size": 2})
 
 
 def _one_rank_resume(rank: int, root: str) -> None:
@@ -174,6 +177,7 @@ def test_dp2_tp2_trains_like_fsdp_and_one_process_and_resumes(tmp_path):
     TinyLM().load_state_dict(_weights(nd), strict=True)
     _assert_close(nd, single)
     _assert_close(tmp_path / "fsdp4", single)
+    _assert_close(tmp_path / "hsdp_tp", single)
     assert len(_facts(single)["loss"]) == 4 and all(math.isfinite(x) for x in _facts(nd)["loss"])
 
     # sizes and data-parallel accounting: ranks (0,1) and (2,3) are tp pairs sharing batches
