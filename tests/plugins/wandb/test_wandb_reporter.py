@@ -105,3 +105,17 @@ def test_an_unreachable_wandb_server_is_a_clear_error_within_seconds(tmp_path, r
     assert "Traceback" not in result.stderr
     assert elapsed < 60  # python + torch start-up included; the probe itself refuses at once
     assert not run_files(tmp_path / "run")
+
+
+def test_a_resume_while_the_first_trainer_still_holds_the_run_takes_it_over(tmp_path):
+    out = tmp_path / "out"
+    options = dict(save_strategy="steps", save_steps=4, eval_strategy="no", max_steps=4)
+    first = demo_trainer(demo_args(out, "wandb", **options))
+    first.train()  # not ended: its run is still open in this process
+    resumed = demo_trainer(demo_args(out, "wandb", **{**options, "max_steps": 6}))
+    resumed.train(resume_from_checkpoint=True)
+    resumed.end_run()
+    first.end_run()  # nothing left to close
+    one, two = (read_run(path) for path in run_files(out))
+    assert one.run_id == two.run_id and (one.exit_code, two.exit_code) == (0, 0)
+    assert [step for step, _ in _rows(two, "train/loss")] == [6]

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import os
+import weakref
 from typing import Any, Optional
 
 from treadle.components import Reporter
@@ -50,6 +51,8 @@ class WandbReporter(Reporter):
         directory = getattr(args, "wandb_dir", None) or os.environ.get("WANDB_DIR") or args.output_dir
         os.makedirs(directory, exist_ok=True)
         config = run_config(args, model)
+        if self.run_id:
+            _hand_over(self.run_id)
         try:
             self.run = wandb.init(
                 project=getattr(args, "wandb_project", None) or os.environ.get("WANDB_PROJECT") or args.project,
@@ -70,6 +73,7 @@ class WandbReporter(Reporter):
                 "or set WANDB_MODE=offline to log locally"
             ) from None
         self.run_id = self.run.id
+        _open_runs[self.run_id] = self
         self.run.define_metric(STEP_METRIC)
         self.run.define_metric("*", step_metric=STEP_METRIC, step_sync=True)
 
@@ -126,6 +130,22 @@ class WandbReporter(Reporter):
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.run_id = state.get("run_id") or self.run_id
+
+
+_open_runs: "weakref.WeakValueDictionary[str, WandbReporter]" = weakref.WeakValueDictionary()
+"""Run id -> the reporter of this process that has it open."""
+
+
+def _hand_over(run_id: str) -> None:
+    """Finish this process's open run ``run_id`` (an earlier Trainer's): a resume continues it here.
+
+    wandb refuses to open a run id that is still open in the same process.
+    """
+    holder = _open_runs.pop(run_id, None)
+    if holder is not None and holder.run is not None:
+        holder._active = False
+        run, holder.run = holder.run, None
+        run.finish()
 
 
 def _last_step(run: Any) -> int:
