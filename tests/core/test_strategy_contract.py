@@ -90,3 +90,17 @@ def test_best_model_at_end_loads_through_the_strategy(tmp_path, calls):
     trainer.train()
     assert calls["fixture_sharded.load_checkpoint"] == 1
     assert trainer.state.best_model_checkpoint is not None
+
+
+def test_evaluate_from_a_sharded_checkpoint_loads_through_the_strategy(tmp_path, calls):
+    """`treadle evaluate --resume_from_checkpoint` of a checkpoint with no model.safetensors."""
+    from treadle.cli import main
+
+    _train(tmp_path, "fixture_sharded")
+    checkpoint = tmp_path / "out" / "checkpoint-8"
+    calls.clear()
+    status = main(["evaluate", "--task", "resume_task:build", "--strategy", "fixture_sharded", "--output_dir",
+                   str(tmp_path / "eval"), "--resume_from_checkpoint", str(checkpoint), "--report_to", "none",
+                   "--disable_tqdm", "true"])
+    assert status == 0
+    assert calls["fixture_sharded.load_checkpoint"] == 1

@@ -385,15 +385,31 @@ def resolve_weights_checkpoint(
     """Like ``resolve_resume_checkpoint`` for evaluate / predict, which need only the weights.
 
     So a ``save_only_model`` checkpoint qualifies, and a damaged optimizer file does not matter:
-    only the manifest entry of ``model.safetensors`` is verified.
+    when the checkpoint has a ``model.safetensors``, only its manifest entry is verified. A
+    checkpoint whose strategy wrote the weights its own way (sharded) is verified whole, since
+    the core cannot tell which of its files hold them.
     """
     path = _requested_checkpoint(resume_from_checkpoint, output_dir, args)
     if path is None:
         return None
     if _asked_for_newest(resume_from_checkpoint):
-        return _newest_valid_checkpoint(path, check=lambda p: verify_files(p, [WEIGHTS_NAME]))
-    verify_files(path, [WEIGHTS_NAME])
+        return _newest_valid_checkpoint(path, check=verify_weights)
+    verify_weights(path)
     return path
+
+
+def verify_weights(path: Path) -> dict[str, Any]:
+    """Verify what loading the weights of checkpoint ``path`` reads; return its manifest."""
+    manifest = verify_files(path, [])
+    if WEIGHTS_NAME in manifest["files"]:
+        return verify_files(path, [WEIGHTS_NAME])
+    return verify_checkpoint(path)
+
+
+def load_weights(trainer: Any, path: Union[str, os.PathLike]) -> None:
+    """Load only the model weights of checkpoint ``path``, through the run's strategy."""
+    directory = Path(path)
+    trainer.strategy.load_checkpoint(directory, trainer.model, None, verify_weights(directory))
 
 
 def _asked_for_newest(value: Any) -> bool:

@@ -142,6 +142,10 @@ class Precision(ABC):
     scales_loss: bool = False
     """True for a precision that scales the loss (and so skips overflowing steps itself in
     ``optimizer_step``): the loop then leaves non-finite gradients to it instead of checking them."""
+    compute_dtype: Optional[torch.dtype] = None
+    """The dtype the forward and backward compute in, None for full precision (float32). A
+    sharding strategy reads it for its mixed-precision policy (FSDP2 all-gathers the weights in
+    it), an engine for its config (DeepSpeed's fp16 / bf16 sections)."""
 
     def __init__(self, args: TrainingArguments) -> None:
         self.args = args

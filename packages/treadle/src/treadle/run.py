@@ -207,15 +207,15 @@ def _load_trained_weights(trainer: Any, args: Any) -> str:
     from treadle import checkpoint
     from treadle.model_files import WEIGHTS_NAME, read_weights
 
-    directory: Optional[Path] = None
     if args.resume_from_checkpoint:
         directory = checkpoint.resolve_weights_checkpoint(args.resume_from_checkpoint, args.output_dir, args)
-    elif (Path(args.output_dir) / WEIGHTS_NAME).is_file():
-        directory = Path(args.output_dir)
-    if directory is None:
-        return "the untrained model (no --resume_from_checkpoint and no saved model in output_dir)"
-    trainer.strategy.load_model_state_dict(trainer.model, read_weights(directory / WEIGHTS_NAME))
-    return f"the model in {directory}"
+        if directory is not None:
+            checkpoint.load_weights(trainer, directory)  # through the strategy: sharded checkpoints too
+            return f"the model in {directory}"
+    elif (Path(args.output_dir) / WEIGHTS_NAME).is_file():  # what save_model wrote (full weights)
+        trainer.strategy.load_model_state_dict(trainer.model, read_weights(Path(args.output_dir) / WEIGHTS_NAME))
+        return f"the model in {args.output_dir}"
+    return "the untrained model (no --resume_from_checkpoint and no saved model in output_dir)"
 
 
 def _save_predictions(trainer: Any, args: Any, predictions: Any) -> Optional[str]:

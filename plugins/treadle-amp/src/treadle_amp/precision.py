@@ -29,6 +29,7 @@ class _AutocastPrecision(Precision):
     def __init__(self, args: Any, dtype: str = "bfloat16") -> None:
         super().__init__(args)
         self.dtype = DTYPES[dtype]
+        self.compute_dtype = self.dtype  # the contract's name for it (FSDP2's mixed-precision policy reads it)
         self._autocast: Optional[functools.partial] = None
 
     def setup(self, device: torch.device) -> None:

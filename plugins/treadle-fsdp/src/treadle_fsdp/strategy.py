@@ -9,7 +9,7 @@ parameters and its state is sharded with them.
 What differs from one process: the gradient norm is a global norm over the shards; the model
 weights for ``model.safetensors`` are gathered to rank 0 (``model_state_dict``); checkpoints hold
 one DCP shard per process (``sharded_checkpoint``); the mixed-precision policy comes from the
-run's precision plugin through its dtype attribute (``precision_dtype``), so this plugin never
+run's precision through ``Precision.compute_dtype`` (``precision_dtype``), so this plugin never
 imports a precision plugin. Process topology, the group and the collectives are the core's
 ``ProcessGroupStrategy``.
 """
@@ -28,22 +28,13 @@ from treadle.errors import UsageError
 from treadle_fsdp import options as fsdp_options
 from treadle_fsdp import sharded_checkpoint, wrapping
 
-_DTYPE_ATTRIBUTES = ("param_dtype", "compute_dtype", "dtype")
-
 
 def precision_dtype(precision: Any) -> Optional[torch.dtype]:
-    """The low-precision dtype a precision plugin computes in, or None for full precision.
-
-    Read from the precision's ``param_dtype``, ``compute_dtype`` or ``dtype`` attribute (the
-    first present; treadle-amp's precisions have ``dtype``), a torch dtype or its name
-    ("bfloat16", "bf16", "float16", "fp16"); float32 means no mixed-precision policy.
-    """
-    value = next((v for v in (getattr(precision, n, None) for n in _DTYPE_ATTRIBUTES) if v is not None), None)
+    """The low-precision dtype the run's precision computes in (``Precision.compute_dtype``), or
+    None for full precision; float32 means no mixed-precision policy."""
+    value = precision.compute_dtype
     if value is None:
         return None
-    if isinstance(value, str):
-        names = {"bf16": "bfloat16", "fp16": "float16", "half": "float16", "fp32": "float32"}
-        value = getattr(torch, names.get(value.lower(), value.lower()), None)
     if not isinstance(value, torch.dtype):
         raise UsageError(f"strategy fsdp: precision {getattr(precision, 'name', '?')!r} names no torch dtype ({value!r})")
     return None if value == torch.float32 else value
