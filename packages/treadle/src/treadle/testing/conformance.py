@@ -342,7 +342,8 @@ class ReporterConformance(_TrainingConformance):
             if "loss" in entry:
                 step = entry["step"]
                 assert step in written, f"step {step} was logged but the reporter wrote {sorted(written)}"
-                value = next((v for k, v in written[step].items() if k.endswith("loss")), None)
+                row = written[step]
+                value = row.get("loss", next((v for k, v in row.items() if k.endswith("/loss")), None))
                 assert value is not None and math.isclose(value, entry["loss"], rel_tol=1e-5), (step, written[step])
 
     def test_a_failing_log_is_one_warning(self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: Any) -> None:
