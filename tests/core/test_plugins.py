@@ -1,5 +1,6 @@
 """The plugin manager: registries, resolution errors, isolation of broken plugins, strict mode."""
 
+import sys
 import warnings
 
 import pluggy
@@ -221,12 +222,35 @@ def test_treadle_plugins_env_restricts_loading(installed_plugins, monkeypatch):
     assert names == {"treadle", "fixture_good"}
 
 
-def test_blocked_plugins_are_not_loaded(installed_plugins, monkeypatch):
+def test_blocked_plugins_are_listed_as_blocked_and_not_loaded(installed_plugins, monkeypatch):
     monkeypatch.setenv("TREADLE_BLOCKED_PLUGINS", "fixture_broken,treadle-fixture-dup")
-    names = set(TreadlePluginManager().records)
-    assert "fixture_broken" not in names and "fixture_dup" not in names and "fixture_good" in names
+    manager = TreadlePluginManager()
+    records = manager.records
+    assert records["fixture_broken"].status == "blocked" and records["fixture_dup"].status == "blocked"
+    assert records["fixture_good"].status == "ok"
+    assert "cpu" in manager.names("backend") and manager.resolve("backend", "cpu").distribution == "treadle"
+    assert "treadle_fixture_broken.hooks" not in sys.modules  # listed, never imported
 
 
 def test_autoload_can_be_disabled(installed_plugins, monkeypatch):
     monkeypatch.setenv("TREADLE_DISABLE_PLUGIN_AUTOLOAD", "1")
     assert set(TreadlePluginManager().records) == {"treadle"}
+
+
+def test_plugins_text_lists_every_hook_and_blocked_plugins(installed_plugins, monkeypatch, capsys):
+    """The text of `treadle plugins` shows what --json shows: all hooks, registration ones too, and blocked plugins."""
+    import json
+
+    from treadle.cli import main
+
+    monkeypatch.setenv("TREADLE_BLOCKED_PLUGINS", "fixture_broken")
+    assert main(["plugins", "--json"]) == 0
+    listed = {r["name"]: r for r in json.loads(capsys.readouterr().out)}
+    assert main(["plugins"]) == 0
+    text = capsys.readouterr().out
+    block = text.split("fixture_good  (", 1)[1].split("\n\n")[0]
+    hooks_text = " ".join(block.split("hooks:", 1)[1].split())
+    assert hooks_text.replace(" ", "").startswith(",".join(listed["fixture_good"]["hooks"]).replace(" ", ""))
+    assert "treadle_register_reporters" in hooks_text
+    assert "fixture_broken  (treadle-fixture-broken 0.0.1)  [blocked]" in text
+    assert listed["fixture_broken"]["status"] == "blocked"

@@ -332,9 +332,8 @@ def _plugins(command: str, rest: list[str]) -> int:
             print(textwrap.fill(", ".join(names), width=100, initial_indent=f"    {kind}: ", subsequent_indent=" " * 8))
         if record.arguments:
             print(f"    arguments: {', '.join('--' + a for a in record.arguments)}")
-        other_hooks = [h for h in record.hooks if not h.startswith("treadle_register_")]
-        if other_hooks:
-            print(f"    hooks: {', '.join(other_hooks)}")
+        if record.hooks:  # all of them, as --json lists them
+            print(textwrap.fill(", ".join(record.hooks), width=100, initial_indent="    hooks: ", subsequent_indent=" " * 8))
     from treadle.install_hints import not_installed_first_party
 
     available = not_installed_first_party()

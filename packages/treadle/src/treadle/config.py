@@ -286,8 +286,39 @@ def field_aliases(fields: dict[str, FieldInfo]) -> dict[str, str]:
 
 
 def _suggest(name: str, candidates: Iterable[str]) -> str:
+    owner = _missing_owner(name)
+    if owner is not None:
+        return owner
     close = difflib.get_close_matches(name, list(candidates), n=1, cutoff=0.6)
     return f"; did you mean --{close[0]}?" if close else ""
+
+
+def _missing_owner(name: str) -> Optional[str]:
+    """``"; it belongs to ..."`` when ``name`` is in the namespace of a plugin that is not loaded.
+
+    A removed (or blocked, or broken) plugin's option is not a typo: suggesting the closest core
+    argument would send the user the wrong way.
+    """
+    import importlib.metadata
+
+    from treadle.catalog import get_catalog
+    from treadle.install_hints import install_command
+    from treadle.plugins import get_plugin_manager
+
+    records = get_plugin_manager().records
+    for record in records.values():
+        if record.status != "ok" and name.startswith(record.name.replace("-", "_") + "_"):
+            return f"; it belongs to the plugin {record.name} ({record.distribution}), which is {record.status} (see `treadle plugins`)"
+    distributions = {d for d in get_catalog().install_hints.values() if d.startswith("treadle-")}
+    for distribution in sorted(distributions, key=len, reverse=True):
+        namespace = distribution[len("treadle-"):].replace("-", "_")
+        if namespace not in records and name.startswith(namespace + "_"):
+            try:
+                importlib.metadata.distribution(distribution)
+            except importlib.metadata.PackageNotFoundError:
+                return f"; it belongs to the plugin {distribution}, which is not installed. To add it: {install_command(distribution)}"
+            return f"; it belongs to the plugin {distribution}, which is installed but not loaded (TREADLE_PLUGINS / TREADLE_DISABLE_PLUGIN_AUTOLOAD)"
+    return None
 
 
 class ArgvReader:

@@ -231,9 +231,12 @@ class TreadlePluginManager:
             seen.add(ep.name)
             if allowed is not None and not ({ep.name, dist} & allowed):
                 continue
-            if {ep.name, dist} & blocked:
-                continue
             version = ep.dist.version if ep.dist is not None else "?"
+            if {ep.name, dist} & blocked:  # listed, never imported: `treadle plugins` says why it is missing
+                self.records[ep.name] = PluginRecord(
+                    ep.name, dist, version, ep.value, status="blocked", error="named in TREADLE_BLOCKED_PLUGINS; not loaded"
+                )
+                continue
             self._add(PluginRecord(ep.name, dist, version, ep.value), ep.load)
         for variable, names in (("TREADLE_PLUGINS", allowed or set()), ("TREADLE_BLOCKED_PLUGINS", blocked)):
             unknown = sorted(names - known)

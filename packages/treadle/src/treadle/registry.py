@@ -83,7 +83,7 @@ class PluginRecord:
     distribution: str
     version: str
     module: str
-    status: str = "ok"  # ok | broken
+    status: str = "ok"  # ok | broken | blocked (TREADLE_BLOCKED_PLUGINS: listed, not loaded)
     error: Optional[str] = None
     provides: dict[str, list[str]] = field(default_factory=dict)
     arguments: list[str] = field(default_factory=list)
