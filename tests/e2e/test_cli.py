@@ -56,6 +56,7 @@ def test_train_help_groups_core_then_plugins(run_treadle, installed_plugins):
     assert out.index("Output:") < out.index("Plugin fixture_good")
     assert "--fixture_good_tag STR" in out
     assert "Deprecated aliases:" in out and "deprecated: use --eval_strategy" in out
+    assert out.lower().count("deprecated: use") == out.count("deprecated: use --")  # each says it once, as a flag
     backend_help = out[out.index("--backend") :].split("\n  --")[0]
     assert "cpu" in backend_help and "auto" in backend_help
 

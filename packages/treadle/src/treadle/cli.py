@@ -237,8 +237,9 @@ def training_help(command: str) -> str:
         for info in groups[group]:
             lines.append(f"  --{info.name} {info.metavar}" + "".join(f", --{alias}" for alias in info.aliases))
             text = info.help.strip()
-            if info.deprecated_for:
-                text = f"deprecated: use --{info.deprecated_for}. {text}".strip()
+            if info.deprecated_for:  # the field's own help starts with the same advice: say it once, as a flag
+                own = f"Deprecated: use {info.deprecated_for}."
+                text = f"deprecated: use --{info.deprecated_for}. {text.removeprefix(own).strip()}".strip()
             choices = info.choices
             if info.name in selectors:
                 names = pm.names(selectors[info.name])
