@@ -380,7 +380,7 @@ class HubConformance(_TrainingConformance):
 
     kind = "hub"
     contract = "treadle.components:HubSync"
-    resume_exact = False  # uploads are side effects; resume is covered by the core's tests
+    # uploads are side effects: a run that pushes checkpoints still resumes to the same bits
 
     def selection(self) -> dict[str, Any]:
         return {"push_to_hub": True}
@@ -398,8 +398,6 @@ class HubConformance(_TrainingConformance):
         if files is not None:
             assert "model.safetensors" in files, f"the hub holds {sorted(files)}"
 
-    def test_save_and_resume_round_trip(self, tmp_path: Path) -> None:
-        pytest.skip("a hub uploads; it does not change what a resumed run computes")
 
 
 class TaskConformance(_TrainingConformance):
