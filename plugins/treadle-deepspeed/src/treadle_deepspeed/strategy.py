@@ -81,6 +81,7 @@ class DeepSpeedStrategy(ProcessGroupStrategy, NoSyncCapable):
                 "or choose the matching --backend"
             )
         super().setup_environment()
+        _warn_if_build_is_stuck()
         os.environ.setdefault("LOCAL_RANK", str(self.local_rank))  # the engine reads it (a launcher sets it)
         deepspeed.init_distributed(dist_backend=dist.get_backend(), auto_mpi_discovery=False, verbose=False)
 
@@ -254,6 +255,31 @@ class DeepSpeedStrategy(ProcessGroupStrategy, NoSyncCapable):
         if self.engine is not None and hasattr(self.engine, "destroy"):
             self.engine.destroy()
         super().teardown()
+
+
+_STALE_LOCK_S = 600
+
+
+def _warn_if_build_is_stuck() -> None:
+    """Say where the wait is when a killed build left its lock: torch would wait for it forever.
+
+    DeepSpeed compiles its shared-memory op on the first start in an environment (seconds to
+    two minutes, under a lock file); a run killed meanwhile leaves the lock behind.
+    """
+    import time
+
+    try:
+        from torch.utils.cpp_extension import _get_build_directory
+
+        lock = Path(_get_build_directory("deepspeed_shm_comm", verbose=False)) / "lock"
+        age = time.time() - lock.stat().st_mtime
+    except (ImportError, OSError, AttributeError, TypeError):
+        return
+    if age > _STALE_LOCK_S:
+        logger.warning(
+            "%s is %d minutes old: a killed build of DeepSpeed's shm op left it, and the engine will wait for it "
+            "forever. If no other process is compiling, delete it.", lock, age // 60,
+        )
 
 
 def _hidden_size(model: torch.nn.Module) -> Optional[int]:
