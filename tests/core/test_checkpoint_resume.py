@@ -12,13 +12,13 @@ import json
 import pytest
 import torch
 from resume_task import NUM_SAMPLES, Net, Samples, build, build_noisy
-
-from treadle import run_state
 from treadle.args import TrainingArguments
 from treadle.callbacks import EarlyStoppingCallback
+from treadle.checkpoint import run_state
 from treadle.markers import hookimpl
 from treadle.trainer import Trainer
 from treadle.verify_resume import verify_resume
+
 
 def make_args(output_dir, **overrides) -> TrainingArguments:
     values = dict(

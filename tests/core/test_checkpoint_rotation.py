@@ -5,9 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 from checkpoint_standin import StandinTrainer
-
 from treadle.checkpoint import list_checkpoints, load_best_model, save_checkpoint, update_best_metric
-from treadle.model_files import read_weights
+from treadle.checkpoint.model_files import read_weights
 from treadle.errors import UsageError
 
 
@@ -102,7 +101,6 @@ def test_load_best_model_without_a_best_warns(tmp_path, caplog):
 
 def _train_with_evals(output_dir, **overrides):
     from resume_task import Net, Samples
-
     from treadle.args import TrainingArguments
     from treadle.trainer import Trainer
 

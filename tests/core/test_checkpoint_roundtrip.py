@@ -12,7 +12,6 @@ import pytest
 import torch
 from checkpoint_standin import StandinTrainer
 from safetensors import safe_open
-
 from treadle.checkpoint import (
     MANIFEST_NAME,
     list_checkpoints,
@@ -21,8 +20,8 @@ from treadle.checkpoint import (
     save_checkpoint,
     save_model_files,
 )
-from treadle.model_files import read_weights
-from treadle.serialization import UnsupportedStateError, join_tensors, split_tensors
+from treadle.checkpoint.model_files import read_weights
+from treadle.checkpoint.serialization import UnsupportedStateError, join_tensors, split_tensors
 
 
 def _optimizer_state_equal(a: dict, b: dict) -> None:

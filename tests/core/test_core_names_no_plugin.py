@@ -18,8 +18,8 @@ import treadle
 CORE = Path(treadle.__file__).parent
 ALLOWED = {CORE / "catalog.py"}
 SEED_VALUES = {
-    ("_argrules.py", "xla"): "a key of the seeds' fsdp_config (XLA's FSDP), not a selector value",
-    ("args.py", "huggingface"): "the seeds' default of the `project` field",
+    ("args/rules.py", "xla"): "a key of the seeds' fsdp_config (XLA's FSDP), not a selector value",
+    ("args/schema.py", "huggingface"): "the seeds' default of the `project` field",
 }
 
 PLUGIN_NAMES = {

@@ -162,7 +162,7 @@ def test_load_best_model_at_end_restores_the_best_checkpoint(tmp_path):
     best_step = max(evals)[1]
     assert best_step < 5
     assert trainer.state.best_model_checkpoint.endswith(f"checkpoint-{best_step}")
-    from treadle.model_files import read_weights
+    from treadle.checkpoint.model_files import read_weights
 
     saved = read_weights(tmp_path / "out" / f"checkpoint-{best_step}" / "model.safetensors")
     assert all(torch.equal(saved[k], v) for k, v in trainer.model.state_dict().items())

@@ -23,9 +23,8 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from treadle.checkpoint import DOOMED_PREFIX, INCOMPLETE_PREFIX, list_checkpoints, resolve_resume_checkpoint, verify_checkpoint
-from treadle.model_files import read_weights
+from treadle.checkpoint.model_files import read_weights
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))

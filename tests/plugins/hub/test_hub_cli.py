@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 from hub_kit import TOKEN
-from treadle.model_files import read_weights
+from treadle.checkpoint.model_files import read_weights
 
 TRAIN = ("train", "--task", "hub_task:build", "--per_device_train_batch_size", "16", "--report_to", "none",
          "--disable_tqdm", "true", "--seed", "5")

@@ -15,7 +15,7 @@ import copy
 from pathlib import Path
 from typing import Any, Optional
 
-from treadle import run_state
+from treadle.checkpoint import run_state
 from treadle.state import TrainerState
 
 

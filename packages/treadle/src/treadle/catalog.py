@@ -4,7 +4,7 @@ a missing component comes from.
 transformers users write ``--fp16``, ``--fsdp full_shard`` or ``--deepspeed ds.json`` and launch
 with ``torchrun``; in treadle those choose a precision, a strategy, a backend by name. This module
 is the only core module that knows those names (besides ``treadle.builtin``): the argument rules
-(``treadle._argrules``) read the implications from here, and the plugin manager reads the
+(``treadle.args.rules``) read the implications from here, and the plugin manager reads the
 install hints. Plugins add rows through the ``treadle_extend_catalog`` hook (a third-party
 ``--my_flag`` that selects its strategy), so the core never grows an ``if name == ...``.
 

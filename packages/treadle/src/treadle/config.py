@@ -32,7 +32,7 @@ import warnings
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Optional, Sequence, Union
 
-from treadle._argrules import format_value, is_secret
+from treadle.args.rules import format_value, is_secret
 from treadle.errors import UsageError
 
 CONFIG_SUFFIXES = (".json", ".yaml", ".yml")

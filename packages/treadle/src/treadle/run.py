@@ -205,7 +205,7 @@ def _predict(trainer: Any, args: Any, parts: TaskParts) -> str:
 def _load_trained_weights(trainer: Any, args: Any) -> str:
     """Weights for evaluate / predict: --resume_from_checkpoint, else the model saved in output_dir."""
     from treadle import checkpoint
-    from treadle.model_files import WEIGHTS_NAME, read_weights
+    from treadle.checkpoint.model_files import WEIGHTS_NAME, read_weights
 
     if args.resume_from_checkpoint:
         directory = checkpoint.resolve_weights_checkpoint(args.resume_from_checkpoint, args.output_dir, args)

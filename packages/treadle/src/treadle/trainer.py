@@ -35,7 +35,7 @@ from torch import nn
 from treadle import checkpoint, lifecycle, optim
 from treadle.batch_size_search import StartingPoint, recorded_batch_size
 from treadle.callbacks import as_hook_plugin, has_hookimpls, plugin_name
-from treadle.checkpoint_holds import CheckpointHolds
+from treadle.checkpoint.holds import CheckpointHolds
 from treadle.components import Backend, NoSyncCapable, Precision, Strategy, scheduler_needs_metric
 from treadle.config import check_arguments
 from treadle.data import (
@@ -52,11 +52,25 @@ from treadle.data import (
 )
 from treadle.errors import TreadleError, UsageError
 from treadle.evaluation import (
-    EvalLoopOutput, EvalPrediction, PredictionCollector, PredictionOutput, TrainOutput, gather_across,
+    EvalLoopOutput,
+    EvalPrediction,
+    PredictionCollector,
+    PredictionOutput,
+    TrainOutput,
+    gather_across,
 )
 from treadle.events import EventDispatcher
 from treadle.flow import FlowPlugin, best_metric_key, option_value
-from treadle.metrics import LossWindow, LossWindowState, TokenCounter, metrics_table, speed_metrics, to_python_number, write_results
+from treadle.memory import MemoryTracker
+from treadle.metrics import (
+    LossWindow,
+    LossWindowState,
+    TokenCounter,
+    metrics_table,
+    speed_metrics,
+    to_python_number,
+    write_results,
+)
 from treadle.model_io import (
     InputMapper,
     accepts_loss_kwargs,
@@ -70,7 +84,6 @@ from treadle.model_io import (
     split_outputs,
     unwrap_compiled,
 )
-from treadle.memory import MemoryTracker
 from treadle.output_dir import prepare_output_dir
 from treadle.overflow import detector_for
 from treadle.plugins import RunHooks

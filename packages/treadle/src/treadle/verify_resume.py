@@ -84,7 +84,7 @@ class ResumeReport:
 
 def fingerprint(tree: Any) -> str:
     """A short hash of a nested structure of tensors, arrays and plain values (bit-exact)."""
-    from treadle.serialization import split_tensors
+    from treadle.checkpoint.serialization import split_tensors
 
     encoded, tensors = split_tensors(tree, where="fingerprint")
     digest = hashlib.sha256(json.dumps(encoded, sort_keys=True).encode())
@@ -121,7 +121,7 @@ class StepRecorder:
 
     @hookimpl
     def treadle_on_step_end(self, trainer: Any, state: Any) -> None:
-        from treadle.run_state import capture_rng_state
+        from treadle.checkpoint.run_state import capture_rng_state
 
         optimizer = trainer.optimizer
         self.records.append(

@@ -21,10 +21,10 @@ from pathlib import Path
 from typing import Any, Mapping, Optional
 
 import torch
-
 from treadle.components import NoSyncCapable
 from treadle.distributed import ProcessGroupStrategy, env_int
 from treadle.errors import UsageError
+
 from treadle_fsdp import options as fsdp_options
 from treadle_fsdp import sharded_checkpoint, wrapping
 
@@ -178,8 +178,8 @@ class FsdpStrategy(ProcessGroupStrategy, NoSyncCapable):
 
     def save_checkpoint(self, staging_dir: Path, model: torch.nn.Module, optimizer: Any, *, writer: bool) -> Any:
         """Every rank writes its shard with DCP; ``state_dict_type=FULL_STATE_DICT`` adds a consolidated model.safetensors."""
+        from treadle.checkpoint.model_files import WEIGHTS_NAME, write_weights
         from treadle.components import CheckpointWrite
-        from treadle.model_files import WEIGHTS_NAME, write_weights
 
         model = self.unwrap_model(model)
         files = sharded_checkpoint.save_sharded(Path(staging_dir), model, optimizer)

@@ -25,8 +25,8 @@ from pathlib import Path
 from typing import Any, Callable, Optional
 
 from treadle import UsageError, hookimpl
+from treadle.checkpoint.model_files import CONFIG_NAME, GENERATION_CONFIG_NAME, TRAINING_ARGS_NAME, WEIGHTS_NAME
 from treadle.components import HubSync
-from treadle.model_files import CONFIG_NAME, GENERATION_CONFIG_NAME, TRAINING_ARGS_NAME, WEIGHTS_NAME
 
 from treadle_hub import settings
 from treadle_hub.card import CARD_OPTIONS, card_for_trainer

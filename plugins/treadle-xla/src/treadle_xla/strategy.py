@@ -18,7 +18,6 @@ import pickle
 from typing import Any, Optional
 
 import torch
-
 from treadle.components import Strategy
 from treadle.errors import UsageError
 
@@ -222,8 +221,8 @@ class XlaFsdpStrategy(XlaStrategy):
     def save_checkpoint(self, staging_dir: Any, model: torch.nn.Module, optimizer: Any, *, writer: bool) -> None:
         from pathlib import Path
 
-        from treadle.model_files import WEIGHTS_NAME, write_weights
-        from treadle.serialization import dump_json, save_state_files, write_bytes_durably
+        from treadle.checkpoint.model_files import WEIGHTS_NAME, write_weights
+        from treadle.checkpoint.serialization import dump_json, save_state_files, write_bytes_durably
 
         staging = Path(staging_dir)
         (staging / "xla_fsdp").mkdir(exist_ok=True)
@@ -241,9 +240,9 @@ class XlaFsdpStrategy(XlaStrategy):
         from pathlib import Path
 
         from treadle.checkpoint import checkpoint_file
+        from treadle.checkpoint.model_files import read_weights
+        from treadle.checkpoint.serialization import load_state_files
         from treadle.errors import CheckpointError
-        from treadle.model_files import read_weights
-        from treadle.serialization import load_state_files
 
         directory = Path(checkpoint_dir)
         name = f"{self._shard_name('model')}.safetensors"

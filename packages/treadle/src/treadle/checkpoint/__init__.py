@@ -37,12 +37,12 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterable, Iterator, Mapping, Optional, Union
 
-from treadle import run_state
+from treadle.checkpoint import run_state
+from treadle.checkpoint.manifest import MANIFEST_NAME, manifest_file, verify_checkpoint, verify_files, write_manifest
+from treadle.checkpoint.model_files import WEIGHTS_NAME, read_weights, replace_files_atomically, write_model_files, write_weights
+from treadle.checkpoint.serialization import fsync_path, load_state_files, save_state_files, unreadable_file_is_checkpoint_error
 from treadle.errors import CheckpointError, UsageError
 from treadle.flow import best_metric_key, is_improvement
-from treadle.manifest import MANIFEST_NAME, manifest_file, verify_checkpoint, verify_files, write_manifest
-from treadle.model_files import WEIGHTS_NAME, read_weights, replace_files_atomically, write_model_files, write_weights
-from treadle.serialization import fsync_path, load_state_files, save_state_files, unreadable_file_is_checkpoint_error
 
 if TYPE_CHECKING:
     from treadle.args import TrainingArguments

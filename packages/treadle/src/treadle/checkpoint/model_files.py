@@ -14,7 +14,12 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Mapping, Optional
 
-from treadle.serialization import UnsupportedStateError, fsync_path, unreadable_file_is_checkpoint_error, unshare_tensors
+from treadle.checkpoint.serialization import (
+    UnsupportedStateError,
+    fsync_path,
+    unreadable_file_is_checkpoint_error,
+    unshare_tensors,
+)
 
 if TYPE_CHECKING:
     import torch

@@ -10,7 +10,7 @@ from the type annotations, so the annotations are deliberately plain
 (``bool``, ``int``, ``float``, ``str``, ``Optional[X]``, ``list[str]``, ``dict``,
 ``Union[dict, str, None]``).
 
-Construction runs the whole pipeline of :mod:`treadle._argrules` (coerce, deprecated
+Construction runs the whole pipeline of :mod:`treadle.args.rules` (coerce, deprecated
 aliases, normalise, derive, validate) and raises :class:`TrainingArgumentsError`
 listing *every* problem at once, because fixing a config one error per run is
 miserable.
@@ -30,9 +30,9 @@ import typing
 from dataclasses import dataclass, field
 from typing import Any, Optional, Union
 
-from . import _argrules as rules
-from .errors import UsageError
-from ._argrules import is_secret  # noqa: F401  (re-exported)
+from treadle.args import rules
+from treadle.args.rules import is_secret  # noqa: F401  (re-exported)
+from treadle.errors import UsageError
 
 __all__ = [
     "TrainingArguments",
@@ -924,7 +924,7 @@ def _hints() -> dict[str, Any]:
 
 def _settle_plugin_options(args: TrainingArguments) -> list[str]:
     """Plugin fields' defaults, types and choices (``treadle.config.settle_plugin_options``)."""
-    from .config import settle_plugin_options
+    from treadle.config import settle_plugin_options
 
     return settle_plugin_options(args)
 

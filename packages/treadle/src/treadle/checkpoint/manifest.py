@@ -16,8 +16,8 @@ from pathlib import Path
 from typing import Any, Mapping, Union
 
 from treadle.__about__ import __version__
+from treadle.checkpoint.serialization import dump_json, fsync_path, write_bytes_durably
 from treadle.errors import CheckpointError
-from treadle.serialization import dump_json, fsync_path, write_bytes_durably
 
 MANIFEST_NAME = "manifest.json"
 MANIFEST_FORMAT = "treadle-checkpoint"

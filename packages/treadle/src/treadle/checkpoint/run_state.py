@@ -3,7 +3,7 @@
 Optimizer, scheduler and precision state; each plugin's ``treadle_checkpoint_state``; the
 stateful callbacks; the random generators of every process. ``collect`` gathers them on every
 process (some strategies gather optimizer state collectively), ``write`` stores them with
-``treadle.serialization`` (safetensors + JSON, no pickle), and the ``restore_*`` functions give
+``treadle.checkpoint.serialization`` (safetensors + JSON, no pickle), and the ``restore_*`` functions give
 them back on resume.
 """
 
@@ -14,7 +14,7 @@ import re
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
-from treadle.serialization import save_state_files
+from treadle.checkpoint.serialization import save_state_files
 
 logger = logging.getLogger("treadle.checkpoint")
 
