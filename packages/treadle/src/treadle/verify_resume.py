@@ -284,9 +284,8 @@ def _train(args: Any, build: Callable, trainer_cls: Optional[type], *, resume: O
     base = trainer_cls or parts.trainer_class or Trainer
     parts = dataclasses.replace(parts, callbacks=callbacks, trainer_class=recording_trainer_class(base, recorder))
     trainer = make_trainer(args, parts)  # built as `treadle train` builds it
-    with trainer:  # each of the three runs ends (reporters finish) before the next one starts
-        trainer.train(resume_from_checkpoint=resume)
-        weights = {k: v.detach().cpu().clone() for k, v in trainer.strategy.model_state_dict(trainer.model).items()}
+    trainer.train(resume_from_checkpoint=resume)
+    weights = {k: v.detach().cpu().clone() for k, v in trainer.strategy.model_state_dict(trainer.model).items()}
     return recorder, weights
 
 
