@@ -34,6 +34,18 @@ def installed_plugins(monkeypatch):
 
 
 @pytest.fixture
+def only_plugins(monkeypatch, _isolated_plugins):
+    """``only_plugins("amp", ...)``: let just these installed entry points load, as a user's run would."""
+
+    def load(*names: str) -> None:
+        monkeypatch.delenv("TREADLE_DISABLE_PLUGIN_AUTOLOAD", raising=False)
+        monkeypatch.setenv("TREADLE_PLUGINS", ",".join(names))
+        reset_plugin_manager()
+
+    return load
+
+
+@pytest.fixture
 def run_treadle(tmp_path):
     """Run the ``treadle`` command in a subprocess; returns the CompletedProcess."""
     import subprocess

@@ -2,13 +2,7 @@
 
 import pytest
 
-from treadle.plugins import reset_plugin_manager
-
 
 @pytest.fixture(autouse=True)
-def _cuda_plugin_loaded(monkeypatch, _isolated_plugins):
-    monkeypatch.delenv("TREADLE_DISABLE_PLUGIN_AUTOLOAD", raising=False)
-    monkeypatch.setenv("TREADLE_PLUGINS", "cuda,mps")
-    reset_plugin_manager()
-    yield
-    reset_plugin_manager()
+def _cuda_plugin_loaded(only_plugins):
+    only_plugins("cuda", "mps")
