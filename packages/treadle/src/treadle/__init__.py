@@ -26,6 +26,7 @@ _LAZY = {
     "Backend": "treadle.components",
     "Precision": "treadle.components",
     "Strategy": "treadle.components",
+    "MicroBatch": "treadle.components",
     "Reporter": "treadle.components",
     "HubSync": "treadle.components",
     "get_plugin_manager": "treadle.plugins",

@@ -242,6 +242,39 @@ class CheckpointWrite:
     pickled: list[str] = field(default_factory=list)
 
 
+@dataclass
+class MicroBatch:
+    """One micro-batch as this process computes it, from ``Strategy.micro_batch``.
+
+    A strategy that splits each sequence over several processes (context parallel, sequence
+    parallel) hands each of them its part of the inputs and says how the parts weigh, so the
+    gradient equals that of the whole micro-batch on one process:
+
+    ``splits`` processes share this micro-batch, each computing on its own part; the strategy
+    averages their gradients together with the data-parallel replicas'. ``local_items`` and
+    ``total_items`` count label items (tokens whose label is not ``-100``) in this process's part
+    and in the whole micro-batch; None when the strategy does not count them. The loop turns a
+    loss that is a mean over this process's part into its share of the micro-batch's mean with
+    ``local_items * splits / total_items`` (uncounted parts weigh the same); a loss normalised by
+    ``num_items_in_batch`` (already a share of the whole) is multiplied by ``splits``.
+    """
+
+    inputs: dict[str, Any]
+    splits: int = 1
+    local_items: Optional[int] = None
+    total_items: Optional[int] = None
+
+    def loss_weight(self, normalised_by_items: bool) -> float:
+        """The factor on this process's loss before backward (see the class docstring)."""
+        if self.splits == 1:
+            return 1.0
+        if normalised_by_items:
+            return float(self.splits)
+        if self.local_items is None or not self.total_items:
+            return 1.0  # uncounted: the parts' means weigh the same
+        return self.local_items * self.splits / self.total_items
+
+
 class Strategy(ABC):
     """How work is spread over processes: model wrapping, collectives, state (de)sharding.
 
@@ -273,6 +306,10 @@ class Strategy(ABC):
     clips_gradients: bool = False
     """True when the strategy clips gradients inside its own step (from its config): the loop
     does not call ``clip_grad_norm`` and asks ``grad_norm`` for the logged norm instead."""
+
+    num_training_steps: Optional[int] = None
+    """The optimizer steps this training run will take, set by the loop just before ``setup``
+    (an engine that sizes its own scheduler or buffers by the run's length reads it here)."""
 
     def __init__(self, args: TrainingArguments, backend: Backend, precision: Precision) -> None:
         self.args = args
@@ -353,6 +390,17 @@ class Strategy(ABC):
     def unwrap_model(self, model: torch.nn.Module) -> torch.nn.Module:
         """The user's module inside whatever wrapper ``setup_model`` added."""
         return model
+
+    def micro_batch(self, inputs: dict[str, Any]) -> contextlib.AbstractContextManager[MicroBatch]:
+        """Context around the forward *and* backward of one training micro-batch.
+
+        Yields the ``MicroBatch`` this process computes on. The default yields the inputs as
+        they are. A strategy that splits sequences over processes overrides it: it shards the
+        inputs along the sequence dimension and keeps its attention dispatch active until the
+        backward has run (ring attention and all-to-all attention need both passes inside).
+        Evaluation and prediction do not go through it: they compute whole sequences.
+        """
+        return contextlib.nullcontext(MicroBatch(inputs))
 
     def backward(self, loss: torch.Tensor, model: torch.nn.Module) -> None:
         self.precision.backward(loss)

@@ -36,7 +36,7 @@ from treadle import checkpoint, lifecycle, optim
 from treadle.batch_size_search import StartingPoint, recorded_batch_size
 from treadle.callbacks import as_hook_plugin, has_hookimpls, plugin_name
 from treadle.checkpoint.holds import CheckpointHolds
-from treadle.components import Backend, NoSyncCapable, Precision, Strategy, scheduler_needs_metric
+from treadle.components import Backend, MicroBatch, NoSyncCapable, Precision, Strategy, scheduler_needs_metric
 from treadle.config import check_arguments
 from treadle.data import (
     EvalBatchSampler,
@@ -348,6 +348,7 @@ class Trainer(SeedTrainerMethods):
         ``Strategy.setup`` call sees all three (see ``treadle.components.Strategy``).
         """
         strategy = self.strategy
+        strategy.num_training_steps = num_training_steps
         self._convert_model()
         model = self._setup_model(compiled=False) if strategy.wraps_model_first else self.model
         if self.optimizer is None and strategy.creates_optimizer():
@@ -436,6 +437,7 @@ class Trainer(SeedTrainerMethods):
         ):
             self._forward_context = self.compute_loss_context_manager  # a subclass's own context (seeds' API)
         self._torch_backward = not (strategy_own("backward") or precision_own("backward"))
+        self._micro_batch = self.strategy.micro_batch if strategy_own("micro_batch") else None
         self._torch_clip = not (strategy_own("clip_grad_norm") or precision_own("unscale_gradients"))
         self._torch_step = not (strategy_own("optimizer_step") or precision_own("optimizer_step"))
         self._torch_zero_grad = not strategy_own("zero_grad")
@@ -449,6 +451,11 @@ class Trainer(SeedTrainerMethods):
             self.model_accepts_loss_kwargs and not args.label_smoothing_factor
         )
         self._average_tokens = bool(getattr(args, "average_tokens_across_devices", False)) and self.strategy.world_size > 1
+        # processes that compute on the same batch (a tensor / context / sequence parallel block):
+        # counts summed over all processes are divided by it, and gradients are averaged over the
+        # data-parallel replicas (times the sequence splits a MicroBatch reports), not the world
+        self._replicas = self.strategy.shard_info()[0]
+        self._batch_sharers = max(1, self.strategy.world_size // max(1, self._replicas))
         # a loss normalised by num_items_in_batch is normalised by every process's items, one micro-batch or several
         self._items_across_processes = self._average_tokens and (
             self.model_accepts_loss_kwargs or self.compute_loss_func is not None
@@ -666,6 +673,8 @@ class Trainer(SeedTrainerMethods):
         total = sum(count_items(b, self.label_names) for b in micro_batches)
         if self._average_tokens and (self.model_accepts_loss_kwargs or self.compute_loss_func is not None):
             total = self.strategy.all_reduce(torch.as_tensor(total, device=self._device), op="sum")
+            if self._batch_sharers > 1:  # each batch was counted once per process of its block
+                total = total // self._batch_sharers
         return total
 
     # -- NaN / Inf policy (only --nan_inf_policy skip_step|halt pay for a host sync per step) --
@@ -895,7 +904,7 @@ class Trainer(SeedTrainerMethods):
             dataloader, "Evaluation", prediction_loss_only=True if self.compute_metrics is None else None,
             ignore_keys=ignore_keys, metric_key_prefix=metric_key_prefix,
         )
-        batch_size = self.args.per_device_eval_batch_size * self.strategy.world_size
+        batch_size = self.args.per_device_eval_batch_size * self.strategy.shard_info()[0]
         output.metrics.update(
             speed_metrics(metric_key_prefix, start, num_samples=output.num_samples,
                           num_steps=math.ceil(output.num_samples / batch_size))
@@ -913,7 +922,7 @@ class Trainer(SeedTrainerMethods):
         dataloader = self.get_test_dataloader(test_dataset)
         start = time.perf_counter()
         output = self._inference_loop()(dataloader, "Prediction", ignore_keys=ignore_keys, metric_key_prefix=metric_key_prefix)
-        batch_size = self.args.per_device_eval_batch_size * self.strategy.world_size
+        batch_size = self.args.per_device_eval_batch_size * self.strategy.shard_info()[0]
         output.metrics.update(
             speed_metrics(metric_key_prefix, start, num_samples=output.num_samples,
                           num_steps=math.ceil(output.num_samples / batch_size))
@@ -972,6 +981,7 @@ class Trainer(SeedTrainerMethods):
         dataset = getattr(dataloader, "dataset", None)
         if self.strategy.world_size > 1:  # the ranks' last batches may differ in size: count them all
             observed = int(self.strategy.all_reduce(torch.tensor(observed, device=self._device), op="sum"))
+            observed //= max(1, self.strategy.world_size // self.strategy.shard_info()[0])  # a block counted once
         num_samples = min(len(dataset), observed) if has_length(dataset) else observed
         losses, predictions, label_ids, inputs = collected.result(num_samples)
         if not per_batch_metrics and self.compute_metrics is not None and predictions is not None and label_ids is not None:
@@ -1050,17 +1060,30 @@ class Trainer(SeedTrainerMethods):
         share = None
         if num_items_in_batch is not None and self._weight_micro_batches:
             share = count_items(inputs, self.label_names) / num_items_in_batch
+        if self._micro_batch is not None:  # the strategy splits the micro-batch (its context spans backward)
+            with self._micro_batch(inputs) as part:
+                return self._forward_backward(model, part.inputs, num_items_in_batch, share, part)
+        return self._forward_backward(model, inputs, num_items_in_batch, share, None)
+
+    def _forward_backward(
+        self, model: nn.Module, inputs: dict[str, Any], num_items_in_batch: Any, share: Optional[float],
+        part: Optional[MicroBatch],
+    ) -> torch.Tensor:
         items = {"num_items_in_batch": num_items_in_batch} if self._loss_takes_items else {}
         if self._forward_context is None:
             loss = self.compute_loss(model, inputs, **items)
         else:
             with self._forward_context():
                 loss = self.compute_loss(model, inputs, **items)
+        if part is not None and part.splits > 1:
+            weight = part.loss_weight(normalised_by_items=num_items_in_batch is not None and share is None)
+            # a part without label tokens has a 0/0 mean; it weighs nothing, but its backward still runs
+            loss = (torch.nan_to_num(loss, nan=0.0) if weight == 0 else loss) * weight
         if share is not None:
             loss = loss * share
         elif self._average_tokens and num_items_in_batch is not None:
-            # normalised by the items of all processes, while the strategy averages gradients over them
-            loss = loss * self.strategy.world_size
+            # normalised by the items of all replicas, while the strategy averages gradients over them
+            loss = loss * self._replicas
         if self._fused_backward is not None:
             self._fused_backward(loss, self._current_learning_rate())  # backward and update in one pass
         elif self._torch_backward:
@@ -1366,7 +1389,7 @@ class Trainer(SeedTrainerMethods):
             pending = torch.as_tensor(pending, device=self._device)
             if self.strategy.world_size > 1:
                 pending = self.strategy.all_reduce(pending, op="sum")
-            self.state.num_input_tokens_seen += int(pending)
+            self.state.num_input_tokens_seen += int(pending) // self._batch_sharers  # a block's batch counts once
 
     def num_examples(self, dataloader: Any) -> int:
         """Samples in a dataloader's dataset (estimated from batches when it has no length)."""
