@@ -307,7 +307,7 @@ class ParallelismConfig:
 
 def test_a_parallelism_config_object_is_read_by_its_fields(fsdp_plugin, tmp_path):
     from treadle import TrainingArguments
-    from treadle_fsdp import parallelism
+    from treadle import parallelism
 
     args = TrainingArguments(output_dir=str(tmp_path), use_cpu=True, report_to="none", parallelism_config=ParallelismConfig())
     assert args.parallelism_config == {"dp_replicate_size": 1, "dp_shard_size": 2, "tp_size": 2, "cp_size": 1}
@@ -316,12 +316,11 @@ def test_a_parallelism_config_object_is_read_by_its_fields(fsdp_plugin, tmp_path
 
 
 def test_refused_dimensions_and_plans():
-    from treadle_fsdp import parallelism, tensor_parallel
+    from treadle import parallelism
+    from treadle_fsdp import options, tensor_parallel
 
-    with pytest.raises(parallelism.ParallelismError) as info:
-        parallelism.layout({"cp_size": 2, "sp_size": 2, "tp_size": 0, "pp_size": 2})
-    message = str(info.value)
-    assert "cp_size=2" in message and "sp_size=2" in message and "tp_size must be" in message and "'pp_size'" in message
+    problems = parallelism.unsupported(parallelism.layout({"sp_size": 2}), options.OFFERED, "fsdp", options.SP_HINT)
+    assert len(problems) == 1 and "sp_size=2" in problems[0] and "DeepSpeed" in problems[0]
     assert parallelism.layout({"tp_size": 2}, world_size=8).shape() == (1, 4, 1, 2)
 
     with pytest.raises(UsageError, match="has no tensor-parallel plan"):

@@ -27,9 +27,11 @@ def treadle_register_strategies(register: Any) -> None:
 def treadle_validate_arguments(args: Any) -> list[str] | None:
     strategy = getattr(args.strategy, "value", args.strategy)
     if getattr(args, "parallelism_config", None) is not None and strategy in ("fsdp", "fsdp2", "auto", None):
-        from treadle_fsdp.parallelism import check_arguments
+        from treadle.parallelism import check_arguments
 
-        problems = check_arguments(args)
+        from treadle_fsdp.options import OFFERED, SP_HINT
+
+        problems = check_arguments(args, OFFERED, "fsdp", SP_HINT)
         if problems:
             return problems
     if strategy not in ("fsdp", "fsdp2") and not args.fsdp:

@@ -27,7 +27,10 @@ import torch
 import torch.distributed as dist
 from treadle.errors import UsageError
 
-from treadle_fsdp import parallelism, tensor_parallel, wrapping
+from treadle import parallelism
+
+from treadle_fsdp import tensor_parallel, wrapping
+from treadle_fsdp.options import OFFERED, SP_HINT
 from treadle_fsdp.strategy import FsdpStrategy, _full
 
 
@@ -40,6 +43,9 @@ class NdFsdpStrategy(FsdpStrategy):
             self.layout: parallelism.Layout | None = parallelism.layout(args.load_json_field("parallelism_config"))
         except parallelism.ParallelismError as exc:
             raise UsageError("\n".join(exc.problems)) from None
+        problems = parallelism.unsupported(self.layout, OFFERED, "fsdp", SP_HINT)
+        if problems:
+            raise UsageError("\n".join(problems))
         self.device_mesh: Any = None
         self._dp_group: Any = None
 

@@ -17,6 +17,11 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Optional, Union
 
+OFFERED = ("dp_replicate_size", "dp_shard_size", "tp_size")
+"""The ``parallelism_config`` dimensions the fsdp strategy builds (see ``treadle.parallelism``)."""
+SP_HINT = ("sp_size asks for ALST/Ulysses sequence parallelism, which DeepSpeed's engine provides "
+           "(--deepspeed ds_config.json with treadle-deepspeed installed)")
+
 # How each sharding mode is laid out on FSDP2: (mesh kind, reshard_after_forward).
 #   "shard": a 1-D mesh over every process; "hybrid": (nodes, processes per node), replicated
 #   across nodes and sharded within one; "replicate": (processes, 1), nothing sharded.

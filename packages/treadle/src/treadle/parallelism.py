@@ -1,17 +1,17 @@
 """``parallelism_config``: the sizes of an N-D device mesh, read and checked without torch.
 
-A run on ``world_size`` processes is laid out as ``dp_replicate x dp_shard x cp x tp`` (row-major,
-tensor parallel innermost so the chattiest dimension gets the closest ranks). The value may be a
-dict (or JSON text / a JSON file, which the core has already read), or accelerate's
-``ParallelismConfig`` object, whose attribute names are the keys below. ``dp_shard_size`` may be
-left out (or -1): it takes whatever the other sizes leave of the world size.
+``parallelism_config`` is a core argument (the seeds' ``get_tp_size`` / ``get_cp_size`` /
+``get_sp_size`` and ``get_total_train_batch_size`` count its dimensions), so its reading lives
+here and every strategy that builds meshes shares it. A run on ``world_size`` processes is laid
+out as ``dp_replicate x dp_shard x cp x sp x tp``; ranks of one ``cp x sp x tp`` block compute on
+the same batch. The value may be a dict (or JSON text / a JSON file, which the core has already
+read), or accelerate's ``ParallelismConfig`` object, whose attribute names are the keys below.
+``dp_shard_size`` may be left out (or -1): it takes whatever the other sizes leave of the world
+size.
 
-``sp_size`` is accepted because the seeds count it in ``world_size = dp * tp * cp * sp``, but
-sequence parallelism in that sense (ALST / Ulysses) is DeepSpeed's engine, not torch's; sizes
-above 1 are refused here with a pointer to ``--strategy deepspeed``. Context parallel
-(``cp_size > 1``) is likewise refused for now: torch's ring attention shards only the CUDA
-flash / memory-efficient SDPA kernels, and wiring it needs a context around forward *and*
-backward that the loop does not yet give a strategy (docs/scaling.md says what is missing).
+Which dimensions a strategy can build is its own business: it calls ``unsupported`` with the ones
+it offers and reports the rest (the FSDP2 strategy builds tp and cp on torch's DeviceMesh, the
+DeepSpeed one ALST/Ulysses sequence parallel).
 
 Only the standard library is used, so the arguments are checked at parse time.
 """
@@ -77,7 +77,27 @@ class Layout:
         return global_rank // (self.tp * self.cp * self.sp)
 
     def shape(self) -> tuple[int, int, int, int]:
+        """The (dp_replicate, dp_shard, cp, tp) mesh of a strategy without a sequence-parallel dimension."""
         return (self.dp_replicate, self.dp_shard or 1, self.cp, self.tp)
+
+    def sizes(self) -> dict[str, int]:
+        """Every dimension's size, by its ``parallelism_config`` key."""
+        return {"dp_replicate_size": self.dp_replicate, "dp_shard_size": self.dp_shard or 1,
+                "tp_size": self.tp, "cp_size": self.cp, "sp_size": self.sp}
+
+
+def unsupported(layout: Layout | None, offered: tuple[str, ...], strategy: str, hint: str = "") -> list[str]:
+    """One message per dimension above 1 that ``strategy`` cannot build (``offered``: its size keys)."""
+    if layout is None:
+        return []
+    problems = []
+    for key, size in layout.sizes().items():
+        if size > 1 and key not in offered:
+            problems.append(
+                f"parallelism_config: {key}={size} is not something the {strategy} strategy can build "
+                f"(it offers {', '.join(offered)}){'; ' + hint if hint else ''}"
+            )
+    return problems
 
 
 def as_dict(value: Any) -> dict[str, Any] | None:
@@ -114,18 +134,6 @@ def layout(value: Any, world_size: int | None = None) -> Layout | None:
     if plan is not None and not (isinstance(plan, dict) and all(isinstance(k, str) and isinstance(v, str) for k, v in plan.items())):
         problems.append("parallelism_config: tp_plan must map module-name patterns to styles, e.g. {\"layers.*.q\": \"colwise\"}")
         plan = None
-    if (sizes["sp_size"] or 1) > 1:
-        problems.append(
-            f"parallelism_config: sp_size={sizes['sp_size']} asks for ALST/Ulysses sequence parallelism, which is "
-            "DeepSpeed's engine (use --strategy deepspeed); the fsdp strategy builds on torch's DeviceMesh and offers "
-            "dp_replicate_size, dp_shard_size and tp_size"
-        )
-    if (sizes["cp_size"] or 1) > 1:
-        problems.append(
-            f"parallelism_config: cp_size={sizes['cp_size']}: context parallel is not available in treadle-fsdp yet "
-            "(torch's ring attention shards only CUDA's flash / memory-efficient attention, and treadle has no hook "
-            "around forward and backward for it); use cp_size=1"
-        )
     result = Layout(
         dp_replicate=sizes["dp_replicate_size"] or 1, dp_shard=sizes["dp_shard_size"], tp=sizes["tp_size"] or 1,
         cp=sizes["cp_size"] or 1, sp=sizes["sp_size"] or 1, tp_plan=plan,
@@ -136,15 +144,16 @@ def layout(value: Any, world_size: int | None = None) -> Layout | None:
     return result.resolve(world_size) if world_size is not None else result
 
 
-def check_arguments(args: Any) -> list[str]:
-    """Parse-time problems of ``args.parallelism_config`` (the world size too, when a launcher set WORLD_SIZE)."""
+def check_arguments(args: Any, offered: tuple[str, ...] = SIZE_KEYS, strategy: str = "", hint: str = "") -> list[str]:
+    """Parse-time problems of ``args.parallelism_config`` (the world size too, when a launcher set
+    WORLD_SIZE), and the dimensions above 1 that ``strategy`` does not offer."""
     import os
 
     world = os.environ.get("WORLD_SIZE", "").strip()
     try:
-        layout(args.load_json_field("parallelism_config"), int(world) if world.isdigit() else None)
+        result = layout(args.load_json_field("parallelism_config"), int(world) if world.isdigit() else None)
     except OSError as exc:
         return [f"parallelism_config: cannot read {args.parallelism_config}: {exc}"]
     except ParallelismError as exc:
         return exc.problems
-    return []
+    return unsupported(result, offered, strategy, hint)
