@@ -121,3 +121,22 @@ def test_at_parse_time_unset_arguments_adopt_the_config_and_set_ones_are_checked
     assert (arguments.per_device_train_batch_size, arguments.max_grad_norm) == (4, 0.25)
     problems = adopt_config_values(args(per_device_train_batch_size=8), frozenset({"per_device_train_batch_size"}), config)
     assert len(problems) == 1 and "train_micro_batch_size_per_gpu is 4" in problems[0]
+    assert arguments.derived_fields()["per_device_train_batch_size"] == (
+        "implied by train_micro_batch_size_per_gpu in the deepspeed config"  # a dict: no file to name
+    )
+
+
+def test_treadle_args_names_the_config_key_an_argument_came_from(tmp_path, capsys, only_plugins):
+    from treadle.cli import main
+
+    only_plugins("deepspeed")
+    path = tmp_path / "ds.json"
+    path.write_text(json.dumps({"train_micro_batch_size_per_gpu": 4, "gradient_accumulation_steps": 2,
+                                "optimizer": {"type": "AdamW", "params": {"lr": 3e-4, "weight_decay": "auto"}}}))
+    assert main(["args", "--task", "mypkg.tasks:build", "--deepspeed", str(path), "--changed", "--json"]) == 0
+    shown = json.loads(capsys.readouterr().out)
+    assert shown["per_device_train_batch_size"] == {
+        "value": 4, "source": f"implied by train_micro_batch_size_per_gpu in the deepspeed config {path}"}
+    assert shown["gradient_accumulation_steps"]["source"] == f"implied by gradient_accumulation_steps in the deepspeed config {path}"
+    assert shown["learning_rate"] == {"value": 3e-4, "source": f"implied by optimizer.params.lr in the deepspeed config {path}"}
+    assert "weight_decay" not in shown  # "auto": the argument's default fills the config, nothing adopted

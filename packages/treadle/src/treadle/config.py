@@ -491,10 +491,10 @@ def parse_arguments(
         plugin_values.setdefault(name, info.default)
     args = build_training_arguments(TrainingArguments, core_values, plugin_values, pm=pm, check=False)
 
-    for name, reason in getattr(args, "derived_fields", lambda: {})().items():
+    unavailable = check_arguments(args, pm, frozenset(explicit), check_selections=check_selections)
+    for name, reason in getattr(args, "derived_fields", lambda: {})().items():  # after the plugins' adjust hooks
         if name not in explicit:
             sources[name] = reason if reason.startswith("implied") else f"implied: {reason}"
-    unavailable = check_arguments(args, pm, frozenset(explicit), check_selections=check_selections)
     for name in fields:
         sources.setdefault(name, "default")
     return ParsedArguments(args=args, sources=sources, explicit=frozenset(explicit), extras=extras, unavailable=unavailable)

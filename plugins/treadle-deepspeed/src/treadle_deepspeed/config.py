@@ -112,16 +112,29 @@ def _mirrored(config: dict[str, Any], args: Any) -> list[tuple[str, Any, str, An
 
 
 def adopt_config_values(args: Any, explicit: frozenset[str], config: dict[str, Any]) -> list[str]:
-    """At parse time: arguments the user left alone take the config's numbers; return contradictions."""
+    """At parse time: arguments the user left alone take the config's numbers; return contradictions.
+
+    Each adopted value is recorded with the key it came from (``TrainingArguments.set_derived``),
+    so ``treadle args`` says "implied by train_micro_batch_size_per_gpu in the deepspeed config
+    ds.json" instead of calling the number a default.
+    """
     problems = []
+    where = _config_name(args.deepspeed)
     for key, value, argument, current in _mirrored(config, args):
         if _same(value, current if current is not None else 0.0):
             continue
         if argument in explicit:
             problems.append(_contradiction(key, value, argument, current))
         else:
-            setattr(args, argument, value)
+            args.set_derived(argument, value, f"implied by {key} in {where}")
     return problems
+
+
+def _config_name(value: Any) -> str:
+    """How ``treadle args`` names the config a value came from: its file when it is one."""
+    if isinstance(value, (str, os.PathLike)) and not str(value).strip().startswith("{"):
+        return f"the deepspeed config {value}"
+    return "the deepspeed config"
 
 
 def engine_config(

@@ -479,6 +479,28 @@ class TrainingArguments:
         """Fields whose value was derived rather than given, with the reason for each."""
         return dict(self.__dict__.get("_derived", {}))
 
+    def set_derived(self, name: str, value: Any, reason: str) -> None:
+        """Set ``name`` (a core field or a plugin option) to a value derived from elsewhere, saying why.
+
+        For a plugin's ``treadle_adjust_arguments`` that fills an argument the user left alone
+        from something it reads (its own config file, another option). Setting the attribute
+        directly would work too, but then ``treadle args`` calls the value a default and nobody
+        can tell where it came from; with this, ``reason`` is shown as the value's source and
+        ``derived_fields()`` lists it. Use it only for names outside the hook's ``explicit``
+        set: a value the user gave is theirs. The ``set_*`` helpers keep the value and its
+        reason; ``replace()`` hands the new instance the value from before, so the hook derives
+        it again from the new instance's settings.
+        """
+        if name not in _FIELD_NAMES and name not in (self.__dict__.get("plugin_options") or {}):
+            raise TypeError(f"set_derived: {name!r} is neither a field nor a plugin option")
+        if not isinstance(reason, str) or not reason.strip():
+            raise TypeError("set_derived: reason must say, in words, where the value comes from")
+        by_plugins = self.__dict__.setdefault("_set_derived", {})
+        before = by_plugins[name][0] if name in by_plugins else getattr(self, name)
+        setattr(self, name, value)
+        by_plugins[name] = (before, value, reason)
+        self.__dict__["_derived"][name] = reason
+
     def _update(self, **changes: Any) -> "TrainingArguments":
         """Apply ``changes`` in place and re-derive, as if they had been given at construction.
 
@@ -500,6 +522,9 @@ class TrainingArguments:
         try:
             problems = rules.coerce(self, _hints())
             self._finish(problems + rules.apply_aliases(self, DEPRECATED_ALIASES, _DEFAULTS))
+            for name, (_, value, reason) in self.__dict__.get("_set_derived", {}).items():
+                if name not in changes and getattr(self, name) == value:  # set_derived: still in force
+                    self.__dict__["_derived"][name] = reason
         except TrainingArgumentsError:
             self.__dict__.clear()
             self.__dict__.update(snapshot)
@@ -518,6 +543,12 @@ class TrainingArguments:
         for name, received in self.__dict__["_received"].items():
             if getattr(self, name) == self.__dict__["_derived_values"].get(name):
                 kwargs[name] = received
+        for name, (before, value, _) in self.__dict__.get("_set_derived", {}).items():
+            if getattr(self, name) == value:  # a plugin derives it again for the new instance
+                if name in _FIELD_NAMES:
+                    kwargs[name] = before
+                else:
+                    kwargs["plugin_options"][name] = before
         kwargs.update(changes)
         return type(self)(**kwargs)
 
