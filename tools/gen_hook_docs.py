@@ -15,6 +15,7 @@ FAMILIES = [
         "treadle_extend_catalog", "treadle_adjust_arguments", "treadle_validate_arguments", "treadle_resolve_component",
         "treadle_select_default", "treadle_render_model_card", "treadle_report_env"}),
     ("Lifecycle", lambda n: n.startswith("treadle_on_")),
+    ("Derived metrics", lambda n: n == "treadle_derive_metrics"),
     ("Checkpoint state", lambda n: "checkpoint_state" in n or n == "treadle_fetch_checkpoint"),
 ]
 OTHER = "Other hooks"

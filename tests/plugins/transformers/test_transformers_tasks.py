@@ -70,12 +70,17 @@ def test_causal_lm_reports_perplexity(tmp_path, model_dir, treadle_cli):
     (tmp_path / "train.txt").write_text("\n".join(lines[:160]) + "\n")
     (tmp_path / "dev.txt").write_text("\n".join(lines[160:]) + "\n")
     out = tmp_path / "out"
+    common = list(COMMON)
+    common[common.index("--report_to") + 1] = "jsonl"  # a reporter: the perplexity must reach its eval log too
     result = treadle_cli("train", "--task", "causal-lm", "--model_name_or_path", model, "--train_file", tmp_path / "train.txt",
                          "--validation_file", tmp_path / "dev.txt", "--output_dir", out, "--block_size", "16",
-                         "--max_steps", "40", "--learning_rate", "3e-3", "--per_device_train_batch_size", "8", "--do_eval", *COMMON)
+                         "--max_steps", "40", "--learning_rate", "3e-3", "--per_device_train_batch_size", "8", "--do_eval", *common)
     assert result.returncode == 0, result.stderr[-3000:]
     metrics = json.loads((out / "eval_results.json").read_text())
     assert 1.0 < metrics["eval_perplexity"] < len(transformers.AutoTokenizer.from_pretrained(str(out)))
+    logged = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    evaluation = [line for line in logged if "eval_loss" in line][-1]
+    assert evaluation["eval_perplexity"] == pytest.approx(metrics["eval_perplexity"])  # logged with the loss, not after
     assert metrics["eval_accuracy"] > 0.3  # "the" and "is" are predictable
     assert transformers.AutoModelForCausalLM.from_pretrained(str(out)).config.n_layer == 1
 

@@ -284,7 +284,12 @@ def treadle_on_step_end(trainer: Any, args: TrainingArguments, state: TrainerSta
 def treadle_on_evaluate(
     trainer: Any, args: TrainingArguments, state: TrainerState, control: TrainerControl, metrics: dict[str, float]
 ) -> None:
-    """An evaluation finished with ``metrics``."""
+    """An evaluation finished with ``metrics``; they were logged already.
+
+    To add a metric computed from these (perplexity from the loss), implement
+    ``treadle_derive_metrics``: a value put into ``metrics`` here reaches what ``evaluate``
+    returns, but not the evaluation's log entry nor the reporters.
+    """
 
 
 @hookspec
@@ -344,6 +349,29 @@ def treadle_on_push_begin(
     trainer: Any, args: TrainingArguments, state: TrainerState, control: TrainerControl, checkpoint_dir: str
 ) -> None:
     """The Trainer is about to push ``checkpoint_dir`` to a model hub (main process only)."""
+
+
+# --------------------------------------------------------------------------------------------
+# Metrics derived from an evaluation's own (called by the Trainer; the return value counts)
+# --------------------------------------------------------------------------------------------
+
+
+@hookspec
+def treadle_derive_metrics(
+    trainer: Any, args: TrainingArguments, state: TrainerState, metrics: Mapping[str, float], metric_key_prefix: str
+) -> dict[str, float] | None:
+    """Return metrics computed from an evaluation's metrics (perplexity from the loss), or None.
+
+    Called by ``evaluate`` and ``predict`` once ``metrics`` is complete (loss, ``compute_metrics``,
+    speeds), before anything sees it: what every implementation returns is added, and only then
+    is the evaluation logged (``state.log_history``, every reporter's ``treadle_on_log``),
+    handed to ``treadle_on_evaluate`` / ``treadle_on_predict`` and returned, so a derived number
+    is everywhere the measured ones are. ``metrics`` is read-only; ``metric_key_prefix`` is
+    ``eval`` (``eval_<name>`` for one set of a dict of datasets) or ``test``: name what you
+    return with it (``f"{metric_key_prefix}_perplexity"``). Returning a name ``metrics`` already
+    holds is an error: a derived metric never hides a measured one. Implemented by a run's
+    plugins and callbacks (a task's ``TaskParts.callbacks``); called on every process.
+    """
 
 
 # --------------------------------------------------------------------------------------------

@@ -181,6 +181,32 @@ def speed_metrics(
     return result
 
 
+def derived_metrics(trainer: Any, metrics: Mapping[str, Any], metric_key_prefix: str) -> dict[str, Any]:
+    """What the run's ``treadle_derive_metrics`` implementations compute from ``metrics``.
+
+    Before an evaluation is logged, so its log line, reporters and results all carry them.
+    A returned name that is already measured is a ``UsageError``: deriving never replaces.
+    """
+    from types import MappingProxyType
+
+    from treadle.errors import UsageError
+
+    run_hooks = getattr(trainer, "run_hooks", None)
+    if run_hooks is None or not run_hooks.impls("treadle_derive_metrics"):
+        return {}
+    derived: dict[str, Any] = {}
+    for result in run_hooks.call("treadle_derive_metrics", trainer=trainer, args=trainer.args, state=trainer.state,
+                                 metrics=MappingProxyType(dict(metrics)), metric_key_prefix=metric_key_prefix):
+        for name, value in (result or {}).items():
+            if name in metrics or name in derived:
+                raise UsageError(
+                    f"treadle_derive_metrics returned {name!r}, which this evaluation already has; a derived "
+                    "metric needs a name of its own (e.g. <prefix>_perplexity)"
+                )
+            derived[name] = to_python_number(value)
+    return derived
+
+
 def to_python_number(value: Any) -> Any:
     """Metric values as plain Python numbers (numpy and 0-dim tensors included)."""
     if isinstance(value, torch.Tensor) and value.numel() == 1:

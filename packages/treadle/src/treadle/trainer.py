@@ -66,6 +66,7 @@ from treadle.metrics import (
     LossWindow,
     LossWindowState,
     TokenCounter,
+    derived_metrics,
     metrics_table,
     speed_metrics,
     to_python_number,
@@ -910,6 +911,7 @@ class Trainer(SeedTrainerMethods):
                           num_steps=math.ceil(output.num_samples / batch_size))
         )
         self._memory.stop("eval", output.metrics)
+        output.metrics.update(derived_metrics(self, output.metrics, metric_key_prefix))  # logged with the rest
         self.log(output.metrics)
         self._event("evaluate", metrics=output.metrics)
         return output.metrics
@@ -928,6 +930,7 @@ class Trainer(SeedTrainerMethods):
                           num_steps=math.ceil(output.num_samples / batch_size))
         )
         self._memory.stop("test", output.metrics)
+        output.metrics.update(derived_metrics(self, output.metrics, metric_key_prefix))
         self._event("predict", metrics=output.metrics)
         return PredictionOutput(output.predictions, output.label_ids, output.metrics)
 

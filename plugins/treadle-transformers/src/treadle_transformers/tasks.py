@@ -212,16 +212,21 @@ def next_token_accuracy(prediction: Any) -> dict[str, float]:
 
 
 class Perplexity:
-    """Adds ``<prefix>_perplexity`` = exp(loss) to every evaluation's metrics."""
+    """``<prefix>_perplexity`` = exp(loss) for every evaluation with a loss.
+
+    Derived before the evaluation is logged (``treadle_derive_metrics``), so the console, the
+    reporters and ``eval_results.json`` all show it next to the loss.
+    """
 
     @hookimpl
-    def treadle_on_evaluate(self, metrics: dict[str, float]) -> None:
-        for key in [k for k in metrics if k.endswith("_loss")]:
-            prefix = key[: -len("_loss")]
-            try:
-                metrics[f"{prefix}_perplexity"] = math.exp(metrics[key])
-            except OverflowError:
-                metrics[f"{prefix}_perplexity"] = float("inf")
+    def treadle_derive_metrics(self, metrics: Any, metric_key_prefix: str) -> dict[str, float] | None:
+        loss = metrics.get(f"{metric_key_prefix}_loss")
+        if loss is None:
+            return None
+        try:
+            return {f"{metric_key_prefix}_perplexity": math.exp(loss)}
+        except OverflowError:
+            return {f"{metric_key_prefix}_perplexity": float("inf")}
 
 
 # ------------------------------------------------------------------------------ seq2seq
