@@ -1,4 +1,8 @@
-"""Two processes (gloo): one writer, one RNG state per process, each process gets its own back."""
+"""Two processes (gloo): one writer, one RNG state per process, each process gets its own back.
+
+The tokenizer / processor (``processing_class``) is saved by the writer only, in the checkpoint
+and by ``save_model``.
+"""
 
 from __future__ import annotations
 
@@ -9,7 +13,7 @@ import traceback
 import torch
 from checkpoint_standin import OneDevice, StandinTrainer
 
-from treadle.checkpoint import load_checkpoint, save_checkpoint
+from treadle.checkpoint import load_checkpoint, save_checkpoint, save_model_files
 
 WORLD = 2
 
@@ -33,9 +37,21 @@ class GlooStrategy(OneDevice):
         torch.distributed.barrier()
 
 
+class RankProcessor:
+    """A processing_class whose files say which process wrote them."""
+
+    def __init__(self, rank: int) -> None:
+        self.rank = rank
+
+    def save_pretrained(self, directory):
+        with open(f"{directory}/written_by_rank_{self.rank}.json", "w") as fh:
+            json.dump({"rank": self.rank}, fh)
+
+
 def _trainer(output_dir, rank):
     trainer = StandinTrainer(output_dir)
     trainer.strategy = GlooStrategy(trainer.args, trainer.backend, trainer.precision)
+    trainer.processing_class = RankProcessor(rank)
     return trainer
 
 
@@ -52,6 +68,7 @@ def _worker(rank: int, init_file: str, output_dir: str, errors) -> None:
         fresh = _trainer(output_dir, rank)
         load_checkpoint(fresh, path)
         assert torch.equal(torch.rand(4), expected), f"rank {rank} did not get its own RNG state back"
+        save_model_files(fresh, f"{output_dir}/final")
         torch.distributed.barrier()
         torch.distributed.destroy_process_group()
     except BaseException:
@@ -79,4 +96,7 @@ def test_each_process_keeps_its_own_rng_state(tmp_path):
     assert manifest["world_size"] == WORLD
     assert {"rng_state_0.json", "rng_state_1.json", "rng_state_0.safetensors", "rng_state_1.safetensors"} <= set(manifest["files"])
     assert "rng_state.json" not in manifest["files"]
-    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["checkpoint-2"]
+    assert manifest["processing_files"] == ["written_by_rank_0.json"]  # the writer's only
+    assert "written_by_rank_0.json" in manifest["files"] and not (checkpoint / "written_by_rank_1.json").exists()
+    assert sorted(p.name for p in (tmp_path / "out" / "final").glob("written_by_*")) == ["written_by_rank_0.json"]
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["checkpoint-2", "final"]

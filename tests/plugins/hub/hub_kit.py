@@ -14,7 +14,7 @@ def track(trainer):
     return trainer
 
 
-def tiny_trainer(output_dir, *, callbacks=None, **overrides):
+def tiny_trainer(output_dir, *, callbacks=None, processing_class=None, **overrides):
     """A Trainer of the hub task with --push_to_hub, quick to train."""
     import hub_task
     from treadle.args import TrainingArguments
@@ -27,4 +27,4 @@ def tiny_trainer(output_dir, *, callbacks=None, **overrides):
     args = TrainingArguments(**values)
     parts = hub_task.build(args)
     return track(Trainer(model=parts.model, args=args, train_dataset=parts.train_dataset, eval_dataset=parts.eval_dataset,
-                         compute_metrics=parts.compute_metrics, callbacks=callbacks))
+                         compute_metrics=parts.compute_metrics, callbacks=callbacks, processing_class=processing_class))

@@ -43,6 +43,25 @@ def test_every_save_pushes_each_checkpoints_model_to_the_root(fake_hub, tmp_path
     assert trainer.hub.failures == []
 
 
+class Processor:
+    """A processing_class (tokenizer stand-in) whose save_pretrained writes a file and a subfolder."""
+
+    def save_pretrained(self, directory):
+        Path(directory, "tokenizer_config.json").write_text('{"kind": "test"}')
+        Path(directory, "templates").mkdir(exist_ok=True)
+        Path(directory, "templates", "chat.jinja").write_text("{{ message }}")
+
+
+def test_every_save_pushes_the_tokenizer_files_with_each_checkpoints_model(fake_hub, tmp_path):
+    trainer = tiny_trainer(tmp_path / "with-tokenizer", hub_strategy="every_save", processing_class=Processor())
+    trainer.train()
+    tokenizer_files = {"tokenizer_config.json", "templates/chat.jinja"}
+    first = fake_hub.history("tester/with-tokenizer")[0]
+    assert set(first.added) == ROOT_MODEL | tokenizer_files  # the checkpoint's tokenizer, at the root, from the start
+    assert first.files["templates/chat.jinja"] == b"{{ message }}"
+    assert trainer.hub.failures == []
+
+
 def test_checkpoint_keeps_the_newest_checkpoint_in_last_checkpoint(fake_hub, tmp_path):
     from huggingface_hub import CommitOperationAdd, HfApi
 

@@ -20,11 +20,14 @@ reported as a warning and in ``summary()``; the run itself goes on and succeeds.
 from __future__ import annotations
 
 import copy
+import json
 import logging
 from pathlib import Path
 from typing import Any, Callable, Optional
 
 from treadle import UsageError, hookimpl
+from treadle.checkpoint import processing_files
+from treadle.checkpoint.manifest import MANIFEST_NAME
 from treadle.checkpoint.model_files import CONFIG_NAME, GENERATION_CONFIG_NAME, TRAINING_ARGS_NAME, WEIGHTS_NAME
 from treadle.components import HubSync
 
@@ -38,7 +41,8 @@ logger = logging.getLogger("treadle.hub")
 CARD_NAME = "README.md"
 MODEL_FILES = (WEIGHTS_NAME, "model.safetensors.index.json", "model-*.safetensors", CONFIG_NAME,
                GENERATION_CONFIG_NAME, TRAINING_ARGS_NAME)
-"""A checkpoint's files that make up the model at the repository root (what ``from_pretrained`` reads)."""
+"""A checkpoint's files that make up the model at the repository root (what ``from_pretrained`` reads),
+with the tokenizer / processor files its manifest names (``treadle.checkpoint.processing_files``)."""
 
 NOT_IN_MODEL_PUSH = ("checkpoint-*", settings.LAST_CHECKPOINT, "_*")
 """Top-level entries of ``output_dir`` a model upload leaves out (checkpoints go their own way)."""
@@ -182,8 +186,9 @@ class HuggingFaceHub(HubSync):
 
         def files() -> dict[str, Source]:
             everything = folder_files(folder)
-            chosen: dict[str, Source] = {name: path for name, path in everything.items()
-                                         if "/" not in name and any(fnmatch(name, p) for p in MODEL_FILES)}
+            processing = set(_processing_files(folder))
+            chosen: dict[str, Source] = {name: path for name, path in everything.items() if name in processing
+                                         or ("/" not in name and any(fnmatch(name, p) for p in MODEL_FILES))}
             if strategy in ("checkpoint", "all_checkpoints"):
                 prefix = settings.LAST_CHECKPOINT if strategy == "checkpoint" else folder.name
                 chosen.update({f"{prefix}/{name}": path for name, path in everything.items()})
@@ -210,6 +215,15 @@ class HuggingFaceHub(HubSync):
             "hub: giving up on uploading %s after %d attempt(s): %s. Training goes on; the local files are intact.",
             job.description, job.attempts, job.error,
         )
+
+
+def _processing_files(checkpoint: Path) -> list[str]:
+    """The tokenizer / processor files of a (complete, verified) checkpoint, from its manifest."""
+    try:
+        manifest = json.loads((checkpoint / MANIFEST_NAME).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return []
+    return processing_files(manifest) if isinstance(manifest, dict) else []
 
 
 def _cannot_heal(exc: BaseException) -> bool:

@@ -5,6 +5,8 @@ Layout (the seeds' ``output_dir/checkpoint-<global_step>/``)::
     model.safetensors            weights (tied tensors once)      } also what save_model writes
     config.json                  the model's config, if it has one }
     training_args.json           the arguments, tokens masked     }
+    tokenizer.json, ...          the processing_class's own files } (its save_pretrained;
+                                 listed under "processing_files" in the manifest)
     trainer_state.json           TrainerState (step, epoch, best metric, log history, and the
                                  stateful callbacks for ``restore_callback_states_from_checkpoint``)
     optimizer.json/.safetensors  optimizer state dict: tensors in safetensors, the rest JSON
@@ -39,7 +41,14 @@ from typing import TYPE_CHECKING, Any, Iterable, Iterator, Mapping, Optional, Un
 
 from treadle.checkpoint import run_state
 from treadle.checkpoint.manifest import MANIFEST_NAME, manifest_file, verify_checkpoint, verify_files, write_manifest
-from treadle.checkpoint.model_files import WEIGHTS_NAME, read_weights, replace_files_atomically, write_model_files, write_weights
+from treadle.checkpoint.model_files import (
+    WEIGHTS_NAME,
+    read_weights,
+    replace_files_atomically,
+    write_model_files,
+    write_processing_files,
+    write_weights,
+)
 from treadle.checkpoint.serialization import fsync_path, load_state_files, save_state_files, unreadable_file_is_checkpoint_error
 from treadle.errors import CheckpointError, UsageError
 from treadle.flow import best_metric_key, is_improvement
@@ -61,6 +70,7 @@ __all__ = [
     "CHECKPOINT_PREFIX",
     "checkpoint_file",
     "pickled_files",
+    "processing_files",
     "read_full_state",
     "write_full_state",
     "list_checkpoints",
@@ -129,7 +139,8 @@ def save_checkpoint(trainer: Any, metrics: Optional[Mapping[str, float]] = None,
     strategy.barrier("treadle-checkpoint-strategy")
     if writer:
         try:
-            write_model_files(staging, strategy.unwrap_model(trainer.model), None, args, getattr(trainer, "processing_class", None))
+            write_model_files(staging, strategy.unwrap_model(trainer.model), None, args)
+            processing = write_processing_files(staging, getattr(trainer, "processing_class", None))
             if training is not None:
                 run_state.write(staging, training, single_process=strategy.world_size == 1)
             state.save_to_json(str(staging / TRAINER_STATE_NAME))
@@ -138,6 +149,8 @@ def save_checkpoint(trainer: Any, metrics: Optional[Mapping[str, float]] = None,
                      "strategy": getattr(strategy, "name", "")}
             if pickled:
                 facts["pickled"] = pickled
+            if processing:
+                facts["processing_files"] = processing
             write_manifest(staging, **facts)
         except OSError as exc:
             shutil.rmtree(staging, ignore_errors=True)
@@ -203,6 +216,13 @@ def checkpoint_file(directory: Union[str, os.PathLike], manifest: Mapping[str, A
 def pickled_files(manifest: Mapping[str, Any]) -> list[str]:
     """Files of a checkpoint that its strategy could only write with pickle (see ``CheckpointWrite``)."""
     return list(manifest.get("pickled", []))
+
+
+def processing_files(manifest: Mapping[str, Any]) -> list[str]:
+    """Files of a checkpoint that the run's ``processing_class`` (tokenizer, processor) wrote with
+    its ``save_pretrained``: with the weights and config, what ``from_pretrained`` reads (a hub
+    upload of the model takes them along). Checked by the manifest like every other file."""
+    return list(manifest.get("processing_files", []))
 
 
 def save_model_files(trainer: Any, output_dir: Union[str, os.PathLike]) -> Path:
