@@ -79,6 +79,15 @@ def test_the_set_helpers_keep_a_derived_value_and_replace_derives_it_again():
     assert copy.learning_rate == TrainingArguments("out").learning_rate and "learning_rate" not in copy.derived_fields()
 
 
+def test_a_value_the_core_derived_first_is_derived_again_by_the_core_after_replace():
+    args = TrainingArguments("out", report_to="none")
+    core_reason = args.derived_fields()["strategy"]  # one process: the core's default choice
+    args.set_derived("strategy", "acme_cluster", "implied by the site profile")
+    assert args.strategy == "acme_cluster" and args.derived_fields()["strategy"] == "implied by the site profile"
+    copy = args.replace(max_steps=3)
+    assert copy.strategy == "single" and copy.derived_fields()["strategy"] == core_reason  # not given by the user
+
+
 def test_a_misspelt_name_or_an_empty_reason_is_refused():
     args = TrainingArguments("out", report_to="none")
     with pytest.raises(TypeError, match="learning_rat"):

@@ -58,6 +58,14 @@ def test_the_xla_backend_implies_the_xla_strategy_unless_one_is_chosen(tmp_path)
     assert strategy(backend="xla", fsdp="full_shard", fsdp_config={"xla": True}) == "xla_fsdp"
 
 
+def test_treadle_args_says_why_the_strategy_is_xla(tmp_path):
+    from treadle.config import parse_arguments
+
+    parsed = parse_arguments(["--backend", "xla", "--output_dir", str(tmp_path)])
+    assert parsed.args.strategy == "xla"
+    assert parsed.sources["strategy"] == "implied by backend='xla': one XLA device per process"  # not the core's 'single'
+
+
 def test_xla_fsdp_config_on_another_backend_is_one_clear_message(run_treadle):
     done = run_treadle("train", "--task", "demo", "--backend", "cpu", "--fsdp", "full_shard",
                        "--fsdp_config", '{"xla": true}', "--max_steps", "1",

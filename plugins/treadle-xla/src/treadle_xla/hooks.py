@@ -66,9 +66,9 @@ def treadle_adjust_arguments(args, explicit):
     if ("strategy" in explicit and "strategy" not in derived) or not _xla_selected(args):
         return
     if args.strategy == "single":
-        args.strategy = "xla"
+        args.set_derived("strategy", "xla", f"implied by backend={args.backend!r}: one XLA device per process")
     elif args.strategy == "fsdp" and _wants_xla_fsdp(args):
-        args.strategy = "xla_fsdp"
+        args.set_derived("strategy", "xla_fsdp", "implied by fsdp_config 'xla': true")
 
 
 @hookimpl

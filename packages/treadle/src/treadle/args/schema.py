@@ -496,7 +496,10 @@ class TrainingArguments:
         if not isinstance(reason, str) or not reason.strip():
             raise TypeError("set_derived: reason must say, in words, where the value comes from")
         by_plugins = self.__dict__.setdefault("_set_derived", {})
-        before = by_plugins[name][0] if name in by_plugins else getattr(self, name)
+        if name in by_plugins:
+            before = by_plugins[name][0]
+        else:  # what the user gave: a value the core derived is derived again by replace()
+            before = self.__dict__["_received"].get(name, getattr(self, name))
         setattr(self, name, value)
         by_plugins[name] = (before, value, reason)
         self.__dict__["_derived"][name] = reason
