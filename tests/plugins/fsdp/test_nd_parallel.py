@@ -6,8 +6,8 @@ dp=2 x tp=2, plain FSDP on 4 ranks, dp=2 x tp=2 resumed from its step-2 DCP chec
 replicate=2 x tp=2 (HSDP). All but the resumed one must agree with a one-process run of batch 16
 within float tolerance; the resumed
 run must end where the uninterrupted one did; the step-2 checkpoint must also resume in one
-process. Context parallel and sequence parallel are refused with a message (see parallelism.py),
-so no test runs them.
+process. Sequence parallel is refused with a message (DeepSpeed's engine); context parallel has
+its own tests (test_context_parallel.py).
 """
 
 from __future__ import annotations

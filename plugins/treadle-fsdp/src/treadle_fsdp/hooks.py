@@ -16,8 +16,8 @@ from treadle import hookimpl
 def treadle_register_strategies(register: Any) -> None:
     register(
         "fsdp",
-        "treadle_fsdp.nd_strategy:NdFsdpStrategy",  # FsdpStrategy, plus parallelism_config's N-D mesh (tp)
-        description="fully sharded data parallel on FSDP2 (fully_shard on a device mesh; tensor parallel with "
+        "treadle_fsdp.nd_strategy:NdFsdpStrategy",  # FsdpStrategy, plus parallelism_config's N-D mesh (tp, cp)
+        description="fully sharded data parallel on FSDP2 (fully_shard on a device mesh; tensor and context parallel with "
         "parallelism_config), sharded DCP checkpoints",
         aliases=("fsdp2",),
     )

@@ -1,41 +1,46 @@
 """The ``fsdp`` strategy with ``parallelism_config``: FSDP2 over the data dimensions of an N-D mesh,
-tensor parallel over another.
+tensor parallel and context parallel over others.
 
 Without ``parallelism_config`` this is exactly ``FsdpStrategy``. With it, the processes form a
 ``(dp_replicate, dp_shard, cp, tp)`` mesh (``parallelism.Layout``); the model is first split by
 its tensor-parallel plan over ``tp`` (``tensor_parallel``), then ``fully_shard`` shards what
-each tp rank holds over ``dp_shard`` (replicated over ``dp_replicate``: HSDP), so every
-parameter ends as a DTensor on the data mesh or on the data x tp mesh.
+each tp rank holds over ``dp_shard x cp`` flattened (replicated over ``dp_replicate``: HSDP), so
+every parameter ends as a DTensor on the data mesh or on the data x tp mesh. The cp ranks hold
+parameter shards like data-parallel ranks do (their gradients, from different slices of the
+same sequences, are averaged together with the replicas': torchtitan's ``dp_shard_cp``), and
+each training micro-batch is split along the sequence over ``cp`` (``context_parallel``).
 
 What a data-parallel run does differently here:
 
-* data: ranks of one tp block must see the same batch, so ``shard_info`` is the data-parallel
-  (replicas, index), and ``get_total_train_batch_size`` counts only data-parallel replicas;
+* data: ranks of one tp x cp block must see the same batch, so ``shard_info`` is the
+  data-parallel (replicas, index), and ``get_total_train_batch_size`` counts only data-parallel
+  replicas;
 * gradient norm: parameters live on two meshes (tp-split ones on dp x tp, the rest on dp), so
   the norm is taken per mesh and summed in squares, then clipped with one global factor;
-* evaluation: predictions are gathered over the data-parallel group only (each tp block holds
-  one copy of its batch's predictions, which the world-wide gather would count tp times);
+* evaluation: predictions are gathered over the data-parallel group only (each tp x cp block
+  holds one copy of its batch's predictions, which the world-wide gather would count tp x cp
+  times); evaluation and prediction compute whole sequences on every cp rank;
 * checkpoints are the parent's DCP shards (DTensors of any mesh), so a 2 x 2 run resumes on its
   own mesh exactly and reshards onto another, including one process.
 """
 
 from __future__ import annotations
 
+import contextlib
 from typing import Any
 
 import torch
 import torch.distributed as dist
+from treadle import parallelism
 from treadle.errors import UsageError
 
-from treadle import parallelism
-
-from treadle_fsdp import tensor_parallel, wrapping
+from treadle_fsdp import context_parallel, tensor_parallel, wrapping
 from treadle_fsdp.options import OFFERED, SP_HINT
 from treadle_fsdp.strategy import FsdpStrategy, _full
 
 
 class NdFsdpStrategy(FsdpStrategy):
-    """FSDP2 composed with tensor parallel on a DeviceMesh chosen by ``parallelism_config``."""
+    """FSDP2 composed with tensor and context parallel on a DeviceMesh chosen by ``parallelism_config``."""
 
     def __init__(self, args: Any, backend: Any, precision: Any) -> None:
         super().__init__(args, backend, precision)
@@ -48,6 +53,9 @@ class NdFsdpStrategy(FsdpStrategy):
             raise UsageError("\n".join(problems))
         self.device_mesh: Any = None
         self._dp_group: Any = None
+        self._cp_mesh: Any = None
+        handler = self.layout.extra.get("cp_handler") if self.layout else None
+        self._rotate = context_parallel.rotate_method(handler)
 
     # sizes (read by Trainer.get_tp_size / get_cp_size / get_sp_size) -------------------------
     @property
@@ -84,11 +92,21 @@ class NdFsdpStrategy(FsdpStrategy):
         mesh = init_device_mesh(self.root_device.type, layout.shape(), mesh_dim_names=parallelism.MESH_DIMS)
         self.device_mesh = mesh
         data = mesh["dp_replicate", "dp_shard"]
-        self._dp_group = data._flatten("dp").get_group() if layout.tp > 1 else None
-        return data if layout.dp_replicate > 1 else mesh["dp_shard"]
+        self._dp_group = data._flatten("dp").get_group() if layout.tp * layout.cp > 1 else None
+        if layout.cp == 1:
+            return data if layout.dp_replicate > 1 else mesh["dp_shard"]
+        # parameters shard over the data and cp ranks together (each cp rank holds a shard, its gradient
+        # from its slice of the sequences is averaged with the others')
+        self._cp_mesh = mesh["cp"]
+        shard_cp = mesh["dp_shard", "cp"]._flatten("dp_shard_cp")
+        if layout.dp_replicate == 1:
+            return shard_cp
+        from torch.distributed.device_mesh import DeviceMesh
+
+        return DeviceMesh._concatenate([mesh["dp_replicate"], shard_cp])  # HSDP: replicate x (dp_shard x cp)
 
     def shard_info(self) -> tuple[int, int]:
-        """(data-parallel replicas, this process's index): a tp block shares its batches."""
+        """(data-parallel replicas, this process's index): a tp x cp block shares its batches."""
         if self.layout is None:
             return super().shard_info()
         layout = self._resolved()
@@ -110,6 +128,14 @@ class NdFsdpStrategy(FsdpStrategy):
             return super().setup_model(model)
         finally:
             self.settings.sync_module_states = synced
+
+    # context parallel ------------------------------------------------------------------------
+    def micro_batch(self, inputs: dict[str, Any]) -> contextlib.AbstractContextManager[Any]:
+        """cp > 1: this rank's slice of each sequence, with torch's ring attention active over forward and
+        backward (the rules: ``context_parallel``)."""
+        if self._cp_mesh is None:
+            return super().micro_batch(inputs)
+        return context_parallel.split(inputs, self._require_model(), self._cp_mesh, self._rotate)
 
     # gradients -------------------------------------------------------------------------------
     def grad_norm(self, model: torch.nn.Module) -> torch.Tensor | None:
@@ -163,6 +189,7 @@ class NdFsdpStrategy(FsdpStrategy):
     def teardown(self) -> None:
         self.device_mesh = None
         self._dp_group = None
+        self._cp_mesh = None
         super().teardown()
 
 

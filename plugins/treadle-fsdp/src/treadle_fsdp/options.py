@@ -17,7 +17,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Optional, Union
 
-OFFERED = ("dp_replicate_size", "dp_shard_size", "tp_size")
+OFFERED = ("dp_replicate_size", "dp_shard_size", "tp_size", "cp_size")
 """The ``parallelism_config`` dimensions the fsdp strategy builds (see ``treadle.parallelism``)."""
 SP_HINT = ("sp_size asks for ALST/Ulysses sequence parallelism, which DeepSpeed's engine provides "
            "(--deepspeed ds_config.json with treadle-deepspeed installed)")

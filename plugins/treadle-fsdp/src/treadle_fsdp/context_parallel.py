@@ -1,0 +1,202 @@
+"""Context parallel: each training micro-batch's sequences split over the ``cp`` ranks, on torch's
+own engine (``torch.distributed.tensor.experimental.context_parallel``).
+
+Inside torch's context every ``F.scaled_dot_product_attention`` call becomes ring attention:
+each cp rank keeps its slice of the queries and the key/value blocks travel around the cp group,
+so no rank ever holds the whole sequence's activations. Everything else in a transformer
+(embeddings, MLPs, norms, the LM head, the loss) is position-wise and simply runs on the slice.
+``split`` prepares one micro-batch for that; the strategy keeps the context open over forward
+*and* backward (``Strategy.micro_batch``), because the backward rotates the blocks again.
+
+The rules a micro-batch follows here, and why:
+
+* **Which tensors are split.** Every tensor input of shape ``(batch, sequence, ...)`` whose
+  sequence length is that of ``input_ids`` (or ``inputs_embeds``) is split along dimension 1;
+  anything else (a per-sample value) reaches every cp rank whole. Labels must be per token:
+  a per-sample label (sequence classification) would be predicted from a slice only.
+* **Positions stay global.** A slice starts somewhere in the middle of its sequence, so a
+  model that numbers positions itself (``arange`` of the local length) would give every slice
+  positions 0, 1, ... When the batch has no ``position_ids`` and the model's forward takes
+  them, the whole sequence's positions are created before splitting and split with it.
+* **Labels are aligned before splitting.** A causal LM that shifts ``labels`` by one inside its
+  forward would, on a slice, pair each slice's last position with nothing and shift across
+  the load-balanced chunks wrongly. So when the model's forward accepts ``shift_labels``
+  (transformers' causal LMs do, through ``**kwargs``, and use it instead of shifting) and the
+  batch has none, ``shift_labels = labels[:, 1:]`` padded with ``-100`` is built on the whole
+  sequence and split with it. A model that takes only ``labels`` must take them aligned with
+  its outputs (label ``t`` is the target of position ``t``); one that shifts internally and
+  offers no ``shift_labels`` trains on misaligned targets under cp, which nothing here can see.
+* **No masks.** Torch's ring attention computes causal or full attention, nothing else, so an
+  ``attention_mask`` must be absent or all ones (padding has to be avoided: pack sequences
+  to a fixed length); a mask with zeros is refused with a message, not silently ignored.
+* **Lengths.** The sequence length must divide by ``cp_size``. When it divides by
+  ``2 * cp_size`` torch balances causal work by giving each rank one chunk from the head and
+  the mirrored one from the tail (otherwise rank 0 would have almost nothing to attend to).
+* **Loss weights.** Label tokens (``!= -100``, of ``shift_labels`` when present) are counted in
+  this rank's slice and in the whole micro-batch, so the loop weighs this slice's mean loss by
+  its share (``MicroBatch.loss_weight``); gradients are then averaged over the flattened
+  ``dp_shard x cp`` mesh FSDP shards over, giving the whole micro-batch's gradient.
+
+Torch maps only CUDA's flash, memory-efficient and cuDNN attention kernels to ring attention;
+on the CPU the first attention call fails inside torch, which ``split`` turns into one
+``UsageError`` naming the operator and the device.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import inspect
+import re
+from collections.abc import Iterator
+from typing import Any
+
+import torch
+from treadle.components import MicroBatch
+from treadle.errors import UsageError
+
+IGNORE_INDEX = -100
+SEQUENCE_KEYS = ("input_ids", "inputs_embeds")
+LABEL_KEYS = ("shift_labels", "labels")  # the loss reads shift_labels first when a model has both
+
+
+def accepts(module: torch.nn.Module, name: str) -> bool:
+    """Whether ``module``'s forward takes an argument ``name`` (by name or through ``**kwargs``)."""
+    try:
+        parameters = inspect.signature(module.forward).parameters.values()
+    except (TypeError, ValueError):
+        return False
+    return any(p.name == name or p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters)
+
+
+def sequence_length(inputs: dict[str, Any]) -> int:
+    for key in SEQUENCE_KEYS:
+        value = inputs.get(key)
+        if isinstance(value, torch.Tensor) and value.dim() >= 2:
+            return int(value.shape[1])
+    found = ", ".join(f"{k}{tuple(v.shape)}" for k, v in inputs.items() if isinstance(v, torch.Tensor)) or "none"
+    raise UsageError(
+        "context parallel splits sequences along input_ids (or inputs_embeds) of shape (batch, sequence); "
+        f"this batch has no such input (tensors: {found})"
+    )
+
+
+def check(inputs: dict[str, Any], length: int, cp_size: int) -> None:
+    """Refuse what ring attention cannot compute or a slice cannot represent (one message each)."""
+    if length % cp_size:
+        raise UsageError(
+            f"context parallel: a sequence length of {length} does not divide by cp_size={cp_size}; make every "
+            f"training sequence a multiple of {2 * cp_size} tokens long (2 x cp_size also balances causal attention)"
+        )
+    mask = inputs.get("attention_mask")
+    if isinstance(mask, torch.Tensor) and not bool((mask == 1).all()):
+        raise UsageError(
+            "context parallel: the batch has an attention_mask with zeros (padding, or a custom mask), but torch's "
+            "ring attention computes only causal or full attention; pack sequences to a fixed length without padding "
+            "(then drop the mask or leave it all ones), or set cp_size=1"
+        )
+    if isinstance(mask, torch.Tensor) and (mask.dim() != 2 or mask.shape[1] != length):
+        raise UsageError(
+            f"context parallel: attention_mask of shape {tuple(mask.shape)} is not (batch, {length}); only a 2-D mask "
+            "of ones can be split with the sequence"
+        )
+    for key in LABEL_KEYS:
+        labels = inputs.get(key)
+        if isinstance(labels, torch.Tensor) and (labels.dim() < 2 or labels.shape[1] != length):
+            raise UsageError(
+                f"context parallel: {key} of shape {tuple(labels.shape)} are not one per token (batch, {length}); "
+                "a per-sample label would be predicted from a slice of its sequence, so cp trains token-level losses only"
+            )
+
+
+def complete(inputs: dict[str, Any], model: torch.nn.Module, length: int) -> dict[str, Any]:
+    """The inputs with the whole sequence's ``position_ids`` and ``shift_labels`` added where the model takes them."""
+    inputs = dict(inputs)
+    ids = next(inputs[k] for k in SEQUENCE_KEYS if isinstance(inputs.get(k), torch.Tensor))
+    if inputs.get("position_ids") is None and accepts(model, "position_ids"):
+        inputs["position_ids"] = torch.arange(length, device=ids.device).unsqueeze(0).expand(ids.shape[0], -1)
+    labels = inputs.get("labels")
+    if inputs.get("shift_labels") is None and isinstance(labels, torch.Tensor) and accepts(model, "shift_labels"):
+        inputs["shift_labels"] = torch.nn.functional.pad(labels[:, 1:], (0, 1), value=IGNORE_INDEX)
+    return inputs
+
+
+def label_items(inputs: dict[str, Any]) -> int | None:
+    """Label tokens (not -100) of the labels the loss reads; None without integer labels."""
+    for key in LABEL_KEYS:
+        labels = inputs.get(key)
+        if isinstance(labels, torch.Tensor):
+            if labels.is_floating_point():
+                return labels.numel()
+            return int((labels != IGNORE_INDEX).sum())
+    return None
+
+
+@contextlib.contextmanager
+def split(inputs: dict[str, Any], model: torch.nn.Module, cp_mesh: Any, rotate: str | None = None) -> Iterator[MicroBatch]:
+    """This rank's slice of a micro-batch, inside torch's context-parallel dispatch (open until the caller's
+    backward is done)."""
+    from torch.distributed.tensor.experimental import context_parallel
+    from torch.distributed.tensor.experimental._attention import set_rotate_method
+
+    cp_size = cp_mesh.size()
+    length = sequence_length(inputs)
+    check(inputs, length, cp_size)
+    whole = complete(inputs, model, length)
+    total = label_items(whole)
+    names = [k for k, v in whole.items() if isinstance(v, torch.Tensor) and v.dim() >= 2 and v.shape[1] == length]
+    # torch shards its buffers in place; copies keep the loop's batch whole (they are ids, small next to activations)
+    buffers = [whole[k].clone() for k in names]
+    if rotate:
+        set_rotate_method(rotate)
+    try:
+        with context_parallel(cp_mesh, buffers=buffers, buffer_seq_dims=[1] * len(buffers), no_restore_buffers=set(buffers)):
+            part = {**whole, **dict(zip(names, buffers, strict=True))}
+            yield MicroBatch(part, splits=cp_size, local_items=label_items(part), total_items=total)
+    except NotImplementedError as exc:
+        problem = unsupported_attention(exc, device_of(whole))
+        if problem is None:
+            raise
+        raise UsageError(problem) from None
+
+
+def device_of(inputs: dict[str, Any]) -> str:
+    for value in inputs.values():
+        if isinstance(value, torch.Tensor):
+            return value.device.type
+    return "?"
+
+
+_NO_STRATEGY = re.compile(r"Operator (\S+) does not have a sharding strategy registered")
+
+
+def unsupported_attention(exc: BaseException, device: str) -> str | None:
+    """The message for torch's missing ring-attention kernel (None: some other NotImplementedError)."""
+    text = str(exc)
+    found = _NO_STRATEGY.search(text)
+    if found and "scaled_dot_product" in found.group(1):
+        op = found.group(1)
+    elif "CP only supports" in text:
+        op = "this attention kernel"
+    else:
+        return None
+    return (
+        f"context parallel: {op} has no ring-attention implementation on {device}: torch's context parallel "
+        "splits only CUDA's flash, memory-efficient and cuDNN scaled_dot_product_attention kernels. Run cp_size>1 "
+        "on CUDA GPUs (attention through torch.nn.functional.scaled_dot_product_attention, e.g. "
+        "attn_implementation='sdpa'), or set cp_size=1"
+    )
+
+
+def rotate_method(handler: Any) -> str | None:
+    """``cp_handler``'s key/value rotation (accelerate's ``cp_comm_strategy``): 'allgather' or 'alltoall'."""
+    if handler is None:
+        return None
+    value = handler.get("cp_comm_strategy") if isinstance(handler, dict) else getattr(handler, "cp_comm_strategy", None)
+    if value is None:
+        return None
+    if value not in ("allgather", "alltoall"):
+        raise UsageError(f"parallelism_config: cp_handler cp_comm_strategy must be 'allgather' or 'alltoall', got {value!r}")
+    return value
+
+
+__all__ = ["split", "rotate_method", "unsupported_attention"]
