@@ -65,3 +65,22 @@ def test_the_tokenizer_is_saved_with_the_model_and_in_checkpoints(tmp_path):
     resumed.train(resume_from_checkpoint=str(out / "checkpoint-2"))
     for name, tensor in resumed.model.state_dict().items():
         assert torch.equal(tensor, trainer.model.state_dict()[name]), name  # the resume is exact
+
+
+def test_without_a_collator_the_tokenizer_pads_ragged_batches_on_its_side(tmp_path):
+    """The seeds' default: a tokenizer as processing_class means DataCollatorWithPadding(tokenizer)."""
+    tokenizer = word_tokenizer()
+    tokenizer.padding_side = "left"
+    texts = ["the cat", "the dog is red", "blue", "the cat is blue"]
+    data = [{"input_ids": ids, "labels": ids} for ids in tokenizer(texts)["input_ids"]]
+    config = transformers.GPT2Config(vocab_size=len(tokenizer), n_positions=16, n_embd=16, n_layer=1, n_head=2,
+                                     pad_token_id=0, bos_token_id=0, eos_token_id=0)
+    trainer = Trainer(transformers.GPT2LMHeadModel(config), make_args(tmp_path, max_steps=2, per_device_train_batch_size=2),
+                      train_dataset=data, processing_class=tokenizer)
+    assert isinstance(trainer.data_collator, DataCollatorWithPadding)
+    batch = trainer.data_collator(data[:2])
+    assert batch["input_ids"].tolist() == [[0, 0, 2, 3], [2, 4, 5, 6]]
+    assert batch["attention_mask"].tolist() == [[0, 0, 1, 1], [1, 1, 1, 1]]
+    assert batch["labels"].tolist() == [[-100, -100, 2, 3], [2, 4, 5, 6]]
+    trainer.train()
+    assert trainer.state.global_step == 2

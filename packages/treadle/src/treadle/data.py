@@ -436,29 +436,63 @@ def default_data_collator(features: list[Any]) -> Any:
 class DataCollatorWithPadding:
     """Pad variable-length sequence fields of dict samples to the longest in the batch.
 
-    ``labels`` are padded with ``label_pad_token_id`` (ignored by the loss), ``attention_mask``
-    with 0, every other sequence with ``pad_token_id``. An ``attention_mask`` is added when the
-    samples have none. Fixed-size fields are stacked as by ``default_data_collator``.
+    Given a tokenizer or feature extractor (the Trainer's ``processing_class``; the first
+    argument, as in transformers), its own ``pad`` pads the model inputs, so its pad token,
+    padding side and mask conventions hold; without one, sequences are padded here with
+    ``pad_token_id`` on ``padding_side``, and an ``attention_mask`` (0 on padding) is added when
+    the samples have none. ``labels`` are padded with ``label_pad_token_id`` (ignored by the
+    loss) on the same side in both cases. Fixed-size fields are stacked as by
+    ``default_data_collator``; a batch whose sequences already have one length is stacked as it
+    is (nothing to pad, so a tokenizer without a pad token still works for fixed-length data).
     """
 
-    def __init__(self, pad_token_id: int = 0, label_pad_token_id: int = -100, pad_to_multiple_of: Optional[int] = None) -> None:
-        self.pad_token_id = pad_token_id
+    def __init__(
+        self, tokenizer: Any = None, pad_token_id: Optional[int] = None, label_pad_token_id: int = -100,
+        pad_to_multiple_of: Optional[int] = None, padding_side: Optional[str] = None,
+    ) -> None:
+        if isinstance(tokenizer, numbers.Integral) and not isinstance(tokenizer, bool):
+            tokenizer, pad_token_id = None, int(tokenizer)  # the older signature: the pad id came first
+        self.tokenizer = tokenizer
+        own_pad = getattr(tokenizer, "pad_token_id", None)
+        self.pad_token_id = pad_token_id if pad_token_id is not None else (own_pad if own_pad is not None else 0)
         self.label_pad_token_id = label_pad_token_id
         self.pad_to_multiple_of = pad_to_multiple_of
+        self.padding_side = padding_side or getattr(tokenizer, "padding_side", None) or "right"
+        if self.padding_side not in ("left", "right"):
+            raise UsageError(f"DataCollatorWithPadding: padding_side must be 'left' or 'right', got {self.padding_side!r}")
 
     def __call__(self, features: list[Mapping[str, Any]]) -> dict[str, Any]:
         renamed = [{_LABEL_ALIASES.get(k, k): v for k, v in f.items() if v is not None} for f in features]
+        sequences = [key for key, value in renamed[0].items() if _is_padded_field(value)]
+        if not self.pad_to_multiple_of and all(len({_length(f[key]) for f in renamed}) == 1 for key in sequences):
+            return default_data_collator(renamed)  # one length already: nothing to pad
+        if self.tokenizer is not None and callable(getattr(self.tokenizer, "pad", None)):
+            return self._pad_with_processor(renamed)
         batch: dict[str, Any] = {}
         for key in renamed[0]:
             values = [f[key] for f in renamed]
-            if isinstance(values[0], (list, tuple, torch.Tensor, np.ndarray)) and _is_sequence(values[0]):
-                batch[key] = self._pad(key, values)
-            else:
-                batch[key] = _stack(values, label=key == "labels")
-        if "attention_mask" not in batch and "input_ids" in batch and "input_ids" in renamed[0]:
-            lengths = torch.tensor([len(f["input_ids"]) for f in renamed])
+            batch[key] = self._pad(key, values) if key in sequences else _stack(values, label=key == "labels")
+        if "attention_mask" not in batch and "input_ids" in sequences:
+            lengths = torch.tensor([_length(f["input_ids"]) for f in renamed])
             width = batch["input_ids"].shape[1]
-            batch["attention_mask"] = (torch.arange(width)[None, :] < lengths[:, None]).long()
+            positions = torch.arange(width)[None, :]
+            keep = positions < lengths[:, None] if self.padding_side == "right" else positions >= width - lengths[:, None]
+            batch["attention_mask"] = keep.long()
+        return batch
+
+    def _pad_with_processor(self, renamed: list[dict[str, Any]]) -> dict[str, Any]:
+        """The processor pads the model inputs; labels are padded here (processors leave them alone)."""
+        labels = [f.pop("labels") for f in renamed] if "labels" in renamed[0] else None
+        try:
+            padded = self.tokenizer.pad(renamed, padding=True, pad_to_multiple_of=self.pad_to_multiple_of, return_tensors="pt")
+        except ValueError as exc:  # e.g. a tokenizer without a pad token
+            raise UsageError(
+                f"DataCollatorWithPadding: {type(self.tokenizer).__name__}.pad could not pad the batch ({exc}); "
+                "give the tokenizer a pad token (e.g. tokenizer.pad_token = tokenizer.eos_token) or pass a data_collator"
+            ) from exc
+        batch = dict(padded)
+        if labels is not None:
+            batch["labels"] = self._pad("labels", labels) if _is_padded_field(labels[0]) else _stack(labels, label=True)
         return batch
 
     def _pad(self, key: str, values: list[Any]) -> torch.Tensor:
@@ -469,8 +503,27 @@ class DataCollatorWithPadding:
         pad = self.label_pad_token_id if key == "labels" else 0 if key == "attention_mask" else self.pad_token_id
         out = torch.full((len(tensors), width, *tensors[0].shape[1:]), pad, dtype=tensors[0].dtype)
         for row, t in enumerate(tensors):
-            out[row, : t.shape[0]] = t
+            if self.padding_side == "right":
+                out[row, : t.shape[0]] = t
+            else:
+                out[row, width - t.shape[0]:] = t
         return out
+
+
+def pads_batches(processing_class: Any) -> bool:
+    """Whether a ``processing_class`` pads batches (a tokenizer or a sequence feature extractor): then
+    the Trainer's default collator is ``DataCollatorWithPadding(processing_class)``, as in transformers."""
+    return callable(getattr(processing_class, "pad", None)) and (
+        hasattr(processing_class, "pad_token_id") or hasattr(processing_class, "padding_value")
+    )
+
+
+def _is_padded_field(value: Any) -> bool:
+    return isinstance(value, (list, tuple, torch.Tensor, np.ndarray)) and _is_sequence(value)
+
+
+def _length(value: Any) -> int:
+    return int(value.shape[0]) if isinstance(value, (torch.Tensor, np.ndarray)) else len(value)
 
 
 def _is_sequence(value: Any) -> bool:
@@ -556,6 +609,7 @@ __all__ = [
     "build_dataloader",
     "default_data_collator",
     "DataCollatorWithPadding",
+    "pads_batches",
     "RemoveColumnsCollator",
     "remove_unused_columns",
     "forward_parameters",

@@ -39,6 +39,7 @@ from treadle.checkpoint.holds import CheckpointHolds
 from treadle.components import Backend, MicroBatch, NoSyncCapable, Precision, Strategy, scheduler_needs_metric
 from treadle.config import check_arguments
 from treadle.data import (
+    DataCollatorWithPadding,
     EvalBatchSampler,
     LengthGroupedSampler,
     RandomEpochSampler,
@@ -47,6 +48,7 @@ from treadle.data import (
     epoch_iterator,
     forward_parameters,
     has_length,
+    pads_batches,
     remove_unused_columns,
     sample_lengths,
 )
@@ -187,7 +189,9 @@ class Trainer(SeedTrainerMethods):
         self._adopt_model(model)
 
         self.processing_class = processing_class
-        self.data_collator = data_collator if data_collator is not None else default_data_collator
+        if data_collator is None:  # a tokenizer / feature extractor pads (transformers' default too)
+            data_collator = DataCollatorWithPadding(processing_class) if pads_batches(processing_class) else default_data_collator
+        self.data_collator = data_collator
         self.train_dataset = train_dataset
         self.eval_dataset = eval_dataset
         self.compute_loss_func = compute_loss_func
