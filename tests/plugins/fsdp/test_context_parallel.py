@@ -234,6 +234,41 @@ def test_a_micro_batch_gets_global_positions_and_labels_shifted_before_splitting
     assert context_parallel.label_items(whole) == int((whole["shift_labels"] != -100).sum())
 
 
+def test_a_transformers_causal_lm_gets_what_ring_attention_needs(monkeypatch):
+    """LlamaForCausalLM on rank 0's load-balanced slice of 2 (positions 0, 1, 6, 7): it takes the
+    pre-shifted labels, and calls SDPA causal without a mask. Without the added mask of ones,
+    transformers would read the jump in the positions as packed sequences and build a mask."""
+    pytest.importorskip("transformers")
+    from test_nd_parallel import tiny_llama
+    from treadle_fsdp import context_parallel
+
+    model = tiny_llama()
+    ids = torch.randint(0, VOCAB, (2, SEQ), generator=torch.Generator().manual_seed(1))
+    whole = context_parallel.complete({"input_ids": ids, "labels": ids}, model, SEQ)
+    assert whole.keys() == {"input_ids", "labels", "position_ids", "attention_mask", "shift_labels"}
+    head_and_tail = torch.tensor([0, 1, 6, 7])  # torch's head-tail balancer: chunks 0 and 3 of 4
+    part = {k: v[:, head_and_tail] for k, v in whole.items()}
+    part["use_cache"] = False  # as in training (treadle's use_cache default)
+
+    calls = []
+    sdpa = nn.functional.scaled_dot_product_attention
+
+    def spy(*args, **kwargs):
+        calls.append((kwargs.get("attn_mask"), kwargs.get("is_causal")))
+        return sdpa(*args, **kwargs)
+
+    monkeypatch.setattr(nn.functional, "scaled_dot_product_attention", spy)
+    loss = model(**part).loss
+    assert calls and all(mask is None and causal for mask, causal in calls)
+    targets = part["shift_labels"]
+    logits = model(**part).logits
+    assert torch.allclose(loss, nn.functional.cross_entropy(logits.reshape(-1, VOCAB), targets.reshape(-1)))
+
+    calls.clear()
+    model(**{k: v for k, v in part.items() if k != "attention_mask"})
+    assert any(mask is not None for mask, _ in calls)  # the packed-sequence reading the added mask avoids
+
+
 def test_what_ring_attention_cannot_compute_is_refused_with_the_fix():
     from treadle_fsdp import context_parallel
 
@@ -280,6 +315,23 @@ def cli_task(args):
     return TaskParts(model=CausalSdpaLM(), train_dataset=Prompts(MAX_LEN), eval_dataset=Prompts(MAX_LEN))
 
 
+def _treadle(argv: list[str], plugins: str, timeout: int) -> subprocess.CompletedProcess:
+    launched = ("WORLD_SIZE", "RANK", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT", "TREADLE_DISABLE_PLUGIN_AUTOLOAD")
+    env = {k: v for k, v in os.environ.items() if k not in launched}
+    env.update(OMP_NUM_THREADS="1", TREADLE_PLUGINS=plugins,
+               PYTHONPATH=os.pathsep.join(filter(None, [str(HERE), env.get("PYTHONPATH")])))
+    return subprocess.run([sys.executable, "-m", "treadle", *argv], capture_output=True, text=True, env=env, timeout=timeout)
+
+
+def test_the_command_line_stops_cp_on_the_cpu_with_one_message(tmp_path):
+    """treadle train --nproc_per_node 2 with cp_size=2 and SDPA on the CPU: exit 2, the fix, no traceback."""
+    result = _treadle(["train", "--nproc_per_node", "2", "--task", "test_context_parallel:cli_task", "--use_cpu",
+                       "--output_dir", str(tmp_path / "out"), "--parallelism_config", '{"cp_size": 2}', "--max_steps", "2",
+                       "--report_to", "none", "--disable_tqdm"], "fsdp", 180)
+    assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr[-4000:]
+    assert "has no ring-attention implementation on cpu" in result.stderr and "Run cp_size>1 on CUDA GPUs" in result.stderr
+
+
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available() or torch.cuda.device_count() < 2, reason="needs 2 CUDA devices")
 def test_ring_attention_on_two_gpus_trains_like_one(tmp_path):
@@ -287,14 +339,10 @@ def test_ring_attention_on_two_gpus_trains_like_one(tmp_path):
     from safetensors.torch import load_file
 
     def launch(out: Path, *extra: str) -> None:
-        launched = ("WORLD_SIZE", "RANK", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT", "TREADLE_DISABLE_PLUGIN_AUTOLOAD")
-        env = {k: v for k, v in os.environ.items() if k not in launched}
-        env.update(TREADLE_PLUGINS="fsdp,cuda", PYTHONPATH=os.pathsep.join(filter(None, [str(HERE), env.get("PYTHONPATH")])))
-        argv = [sys.executable, "-m", "treadle", "train", "--task", "test_context_parallel:cli_task", "--backend", "cuda",
-                "--strategy", "fsdp", "--per_device_train_batch_size", "8", "--max_steps", "4", "--learning_rate", "0.01",
-                "--max_grad_norm", "0.5", "--seed", "7", "--report_to", "none", "--disable_tqdm", "--save_strategy", "no",
-                "--output_dir", str(out), *extra]
-        result = subprocess.run(argv, capture_output=True, text=True, env=env, timeout=600)
+        argv = ["train", "--task", "test_context_parallel:cli_task", "--backend", "cuda", "--strategy", "fsdp",
+                "--per_device_train_batch_size", "8", "--max_steps", "4", "--learning_rate", "0.01", "--max_grad_norm", "0.5",
+                "--seed", "7", "--report_to", "none", "--disable_tqdm", "--save_strategy", "no", "--output_dir", str(out), *extra]
+        result = _treadle(argv, "fsdp,cuda", 600)
         assert result.returncode == 0, result.stderr[-6000:]
 
     launch(tmp_path / "one")

@@ -29,6 +29,11 @@ The rules a micro-batch follows here, and why:
 * **No masks.** Torch's ring attention computes causal or full attention, nothing else, so an
   ``attention_mask`` must be absent or all ones (padding has to be avoided: pack sequences
   to a fixed length); a mask with zeros is refused with a message, not silently ignored.
+  When the batch has none and the model's forward takes one, a mask of ones is added: a
+  transformers model given ``position_ids`` but no mask reads packed sequences from every
+  jump in the positions, and a load-balanced slice (positions 0, 1, 6, 7 on rank 0 of 2)
+  has such jumps, so it would build an explicit block mask that ring attention cannot take;
+  with a mask of ones it calls SDPA with ``is_causal`` and no mask.
 * **Lengths.** The sequence length must divide by ``cp_size``. When it divides by
   ``2 * cp_size`` torch balances causal work by giving each rank one chunk from the head and
   the mirrored one from the tail (otherwise rank 0 would have almost nothing to attend to).
@@ -59,13 +64,14 @@ SEQUENCE_KEYS = ("input_ids", "inputs_embeds")
 LABEL_KEYS = ("shift_labels", "labels")  # the loss reads shift_labels first when a model has both
 
 
-def accepts(module: torch.nn.Module, name: str) -> bool:
-    """Whether ``module``'s forward takes an argument ``name`` (by name or through ``**kwargs``)."""
+def accepts(module: torch.nn.Module, name: str, by_name: bool = False) -> bool:
+    """Whether ``module``'s forward takes an argument ``name``: by name, or (``by_name`` False) also
+    through ``**kwargs`` (how transformers models receive ``shift_labels``)."""
     try:
         parameters = inspect.signature(module.forward).parameters.values()
     except (TypeError, ValueError):
         return False
-    return any(p.name == name or p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters)
+    return any(p.name == name or (not by_name and p.kind is inspect.Parameter.VAR_KEYWORD) for p in parameters)
 
 
 def sequence_length(inputs: dict[str, Any]) -> int:
@@ -109,11 +115,14 @@ def check(inputs: dict[str, Any], length: int, cp_size: int) -> None:
 
 
 def complete(inputs: dict[str, Any], model: torch.nn.Module, length: int) -> dict[str, Any]:
-    """The inputs with the whole sequence's ``position_ids`` and ``shift_labels`` added where the model takes them."""
+    """The inputs with the whole sequence's ``position_ids``, ``attention_mask`` (ones) and ``shift_labels``
+    added where the model takes them (by name; ``shift_labels`` also through ``**kwargs``)."""
     inputs = dict(inputs)
     ids = next(inputs[k] for k in SEQUENCE_KEYS if isinstance(inputs.get(k), torch.Tensor))
-    if inputs.get("position_ids") is None and accepts(model, "position_ids"):
+    if inputs.get("position_ids") is None and accepts(model, "position_ids", by_name=True):
         inputs["position_ids"] = torch.arange(length, device=ids.device).unsqueeze(0).expand(ids.shape[0], -1)
+    if inputs.get("attention_mask") is None and accepts(model, "attention_mask", by_name=True):
+        inputs["attention_mask"] = torch.ones(ids.shape[0], length, dtype=torch.long, device=ids.device)
     labels = inputs.get("labels")
     if inputs.get("shift_labels") is None and isinstance(labels, torch.Tensor) and accepts(model, "shift_labels"):
         inputs["shift_labels"] = torch.nn.functional.pad(labels[:, 1:], (0, 1), value=IGNORE_INDEX)
