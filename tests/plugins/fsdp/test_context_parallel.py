@@ -11,7 +11,7 @@ into ``shift_labels`` before splitting, the weighting of each slice's loss by it
 the gradient norm and clipping, DCP checkpoints and exact resume. In one set of 4 processes:
 
 * dp=2 x cp=2 (global batch 16, saving at step 2), and resumed from that checkpoint;
-* cp=2 x tp=2 (one replica of batch 16);
+* cp=2 x tp=2 (one replica: two accumulated micro-batches of 8);
 * dp=2 x cp=2 and replicate=2 x cp=2 (HSDP over the cp shards) with a loss normalised by
   ``num_items_in_batch`` (the other weighting of ``MicroBatch``) on prompts of uneven lengths;
 * plain FSDP on 4 ranks;
@@ -160,7 +160,8 @@ def _four_ranks(rank: int, root: str) -> None:
     cp = dict(strategy="fsdp", parallelism_config=DP_CP, fsdp_config={"state_dict_type": "FULL_STATE_DICT"})
     train(f"{root}/cp", save_strategy="steps", save_steps=2, **cp)
     train(f"{root}/cp_resumed", resume=f"{root}/cp/checkpoint-2", **cp)
-    train(f"{root}/cp_tp", strategy="fsdp", parallelism_config={"cp_size": 2, "tp_size": 2}, per_device_train_batch_size=16)
+    # one replica; two accumulated micro-batches of 8 (each its own cp context, the first without gradient sync)
+    train(f"{root}/cp_tp", strategy="fsdp", parallelism_config={"cp_size": 2, "tp_size": 2}, gradient_accumulation_steps=2)
     train_items(f"{root}/cp_items", strategy="fsdp", parallelism_config=DP_CP)
     train_items(f"{root}/hsdp_cp", strategy="fsdp", parallelism_config={"dp_replicate_size": 2, "cp_size": 2})
     train(f"{root}/fsdp4", strategy="fsdp", per_device_train_batch_size=4)
@@ -191,7 +192,7 @@ def test_dp2_cp2_and_cp2_tp2_train_like_one_process_resume_and_load_in_one(tmp_p
     assert _facts(cp)["sizes"] == [1, 2, 1] and _facts(tmp_path / "cp_tp")["sizes"] == [2, 2, 1]
     assert _facts(cp)["total_batch"] == 16 == _facts(tmp_path / "cp_tp")["total_batch"] == _facts(tmp_path / "hsdp_cp")["total_batch"]
     assert "(batch 8 per device, 16 per step)" in _facts(cp)["plan"][0]
-    assert "(batch 16 per device, 16 per step)" in _facts(tmp_path / "cp_tp")["plan"][0]
+    assert "(batch 8 per device, 16 per step)" in _facts(tmp_path / "cp_tp")["plan"][0]
 
     # the DCP checkpoint holds a shard per rank (parameters shard over dp_shard x cp), resumes exactly
     files = {p.name for p in (cp / "checkpoint-2" / "fsdp").iterdir()}
