@@ -163,7 +163,8 @@ def _four_ranks(rank: int, root: str) -> None:
     # one replica; two accumulated micro-batches of 8 (each its own cp context, the first without gradient sync)
     train(f"{root}/cp_tp", strategy="fsdp", parallelism_config={"cp_size": 2, "tp_size": 2}, gradient_accumulation_steps=2)
     train_items(f"{root}/cp_items", strategy="fsdp", parallelism_config=DP_CP)
-    train_items(f"{root}/hsdp_cp", strategy="fsdp", parallelism_config={"dp_replicate_size": 2, "cp_size": 2})
+    hsdp_cp = {"dp_replicate_size": 2, "cp_size": 2, "cp_handler": {"cp_comm_strategy": "alltoall"}}
+    train_items(f"{root}/hsdp_cp", strategy="fsdp", parallelism_config=hsdp_cp)
     train(f"{root}/fsdp4", strategy="fsdp", per_device_train_batch_size=4)
     try:  # last: a run that fails inside its first forward
         nd_train(f"{root}/sdpa_cpu", model_init=CausalSdpaLM, data=Prompts, strategy="fsdp", parallelism_config=DP_CP)

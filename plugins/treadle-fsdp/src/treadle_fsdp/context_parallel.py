@@ -145,7 +145,6 @@ def split(inputs: dict[str, Any], model: torch.nn.Module, cp_mesh: Any, rotate: 
     """This rank's slice of a micro-batch, inside torch's context-parallel dispatch (open until the caller's
     backward is done)."""
     from torch.distributed.tensor.experimental import context_parallel
-    from torch.distributed.tensor.experimental._attention import set_rotate_method
 
     cp_size = cp_mesh.size()
     length = sequence_length(inputs)
@@ -156,7 +155,7 @@ def split(inputs: dict[str, Any], model: torch.nn.Module, cp_mesh: Any, rotate: 
     # torch shards its buffers in place; copies keep the loop's batch whole (they are ids, small next to activations)
     buffers = [whole[k].clone() for k in names]
     if rotate:
-        set_rotate_method(rotate)
+        _set_rotation(rotate)
     try:
         with context_parallel(cp_mesh, buffers=buffers, buffer_seq_dims=[1] * len(buffers), no_restore_buffers=set(buffers)):
             part = {**whole, **dict(zip(names, buffers, strict=True))}
@@ -166,6 +165,15 @@ def split(inputs: dict[str, Any], model: torch.nn.Module, cp_mesh: Any, rotate: 
         if problem is None:
             raise
         raise UsageError(problem) from None
+
+
+def _set_rotation(method: str) -> None:
+    """torch's (process-wide) choice of how key/value blocks travel (older torch keeps it in ``_attention``)."""
+    try:
+        from torch.distributed.tensor.experimental._context_parallel import set_rotate_method
+    except ImportError:
+        from torch.distributed.tensor.experimental._attention import set_rotate_method
+    set_rotate_method(method)
 
 
 def device_of(inputs: dict[str, Any]) -> str:
