@@ -270,6 +270,11 @@ def test_a_transformers_causal_lm_gets_what_ring_attention_needs(monkeypatch):
     model(**{k: v for k, v in part.items() if k != "attention_mask"})
     assert any(mask is not None for mask, _ in calls)  # the packed-sequence reading the added mask avoids
 
+    model.config._attn_implementation = "eager"  # attention torch would not split: refused, not run per slice
+    with pytest.raises(UsageError, match="attn_implementation is 'eager'.* attn_implementation='sdpa'"):
+        context_parallel.check_model(model)
+    context_parallel.check_model(PositionWiseLM())  # not a transformers model: trusted
+
 
 def test_what_ring_attention_cannot_compute_is_refused_with_the_fix():
     from treadle_fsdp import context_parallel

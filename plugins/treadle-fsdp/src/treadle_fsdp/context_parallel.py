@@ -29,11 +29,15 @@ The rules a micro-batch follows here, and why:
 * **No masks.** Torch's ring attention computes causal or full attention, nothing else, so an
   ``attention_mask`` must be absent or all ones (padding has to be avoided: pack sequences
   to a fixed length); a mask with zeros is refused with a message, not silently ignored.
-  When the batch has none and the model's forward takes one, a mask of ones is added: a
-  transformers model given ``position_ids`` but no mask reads packed sequences from every
-  jump in the positions, and a load-balanced slice (positions 0, 1, 6, 7 on rank 0 of 2)
-  has such jumps, so it would build an explicit block mask that ring attention cannot take;
-  with a mask of ones it calls SDPA with ``is_causal`` and no mask.
+  When a transformers model gets no mask, a mask of ones is added: given ``position_ids``
+  but no mask, it reads packed sequences from every jump in the positions, and a
+  load-balanced slice (positions 0, 1, 6, 7 on rank 0 of 2) has such jumps, so it would build
+  an explicit block mask that ring attention cannot take; with a mask of ones it calls SDPA
+  with ``is_causal`` and no mask. (Other models keep what they were given: one might turn a
+  mask of ones into an explicit SDPA mask.)
+* **SDPA only.** Attention that does not call ``F.scaled_dot_product_attention`` is not split by
+  torch and would silently attend within each slice; a transformers model whose
+  ``attn_implementation`` is not ``sdpa`` is refused (other models are trusted to use SDPA).
 * **Lengths.** The sequence length must divide by ``cp_size``. When it divides by
   ``2 * cp_size`` torch balances causal work by giving each rank one chunk from the head and
   the mirrored one from the tail (otherwise rank 0 would have almost nothing to attend to).
@@ -114,14 +118,30 @@ def check(inputs: dict[str, Any], length: int, cp_size: int) -> None:
             )
 
 
+def attention_implementation(model: torch.nn.Module) -> str | None:
+    """A transformers model's ``attn_implementation`` (None for other models)."""
+    return getattr(getattr(model, "config", None), "_attn_implementation", None)
+
+
+def check_model(model: torch.nn.Module) -> None:
+    implementation = attention_implementation(model)
+    if implementation is not None and implementation != "sdpa":
+        raise UsageError(
+            f"context parallel: the model's attn_implementation is {implementation!r}, which torch's ring attention "
+            "does not split (each rank would attend within its slice only); load the model with "
+            "attn_implementation='sdpa', or set cp_size=1"
+        )
+
+
 def complete(inputs: dict[str, Any], model: torch.nn.Module, length: int) -> dict[str, Any]:
-    """The inputs with the whole sequence's ``position_ids``, ``attention_mask`` (ones) and ``shift_labels``
-    added where the model takes them (by name; ``shift_labels`` also through ``**kwargs``)."""
+    """The inputs with the whole sequence's ``position_ids`` and ``shift_labels`` added where the model takes
+    them (``position_ids`` by name, ``shift_labels`` also through ``**kwargs``), and a transformers model's
+    ``attention_mask`` of ones."""
     inputs = dict(inputs)
     ids = next(inputs[k] for k in SEQUENCE_KEYS if isinstance(inputs.get(k), torch.Tensor))
     if inputs.get("position_ids") is None and accepts(model, "position_ids", by_name=True):
         inputs["position_ids"] = torch.arange(length, device=ids.device).unsqueeze(0).expand(ids.shape[0], -1)
-    if inputs.get("attention_mask") is None and accepts(model, "attention_mask", by_name=True):
+    if inputs.get("attention_mask") is None and attention_implementation(model) is not None:
         inputs["attention_mask"] = torch.ones(ids.shape[0], length, dtype=torch.long, device=ids.device)
     labels = inputs.get("labels")
     if inputs.get("shift_labels") is None and isinstance(labels, torch.Tensor) and accepts(model, "shift_labels"):
@@ -147,6 +167,7 @@ def split(inputs: dict[str, Any], model: torch.nn.Module, cp_mesh: Any, rotate: 
     from torch.distributed.tensor.experimental import context_parallel
 
     cp_size = cp_mesh.size()
+    check_model(model)
     length = sequence_length(inputs)
     check(inputs, length, cp_size)
     whole = complete(inputs, model, length)
