@@ -106,7 +106,8 @@ class CausalSdpaLM(PositionWiseLM):
 
     def __init__(self) -> None:
         super().__init__()
-        self.qkv = nn.ModuleList(nn.Linear(WIDTH, 3 * WIDTH) for _ in range(2))
+        # no bias: softmax ignores a key bias, so its gradient is rounding noise that Adam would blow up to lr-sized steps
+        self.qkv = nn.ModuleList(nn.Linear(WIDTH, 3 * WIDTH, bias=False) for _ in range(2))
 
     def mix(self, h: torch.Tensor, depth: int) -> torch.Tensor:
         b, t, _ = h.shape
