@@ -149,6 +149,9 @@ def engine_config(
 ) -> dict[str, Any]:
     """The config handed to ``deepspeed.initialize``: every ``"auto"`` filled, every mirrored key checked.
 
+    ``world_size`` counts the data-parallel processes (the ranks of a sequence-parallel block
+    share one batch, as DeepSpeed's ``train_batch_size`` counts it).
+
     Raises ``UsageError`` naming the key for a contradiction or an ``"auto"`` nothing can fill.
     """
     config = copy.deepcopy(config)
@@ -171,7 +174,7 @@ def engine_config(
     elif given != total:
         problems.append(
             f"deepspeed config: train_batch_size is {given} but --per_device_train_batch_size {micro} x "
-            f"--gradient_accumulation_steps {accumulation} x {world_size} process(es) is {total}; make them "
+            f"--gradient_accumulation_steps {accumulation} x {world_size} data-parallel process(es) is {total}; make them "
             'agree, or write "auto"'
         )
     problems += _fill_precision(config, precision)

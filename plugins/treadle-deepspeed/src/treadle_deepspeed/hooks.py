@@ -3,7 +3,8 @@
 The core already selects ``--strategy deepspeed`` when ``--deepspeed`` names a config. Here the
 config is read (JSON, standard library only: no torch, no deepspeed at ``--help``), its numbers
 are adopted by the arguments the user left alone, and a number that contradicts an argument the
-user set is reported with the key that holds it.
+user set is reported with the key that holds it. ``parallelism_config`` (sequence parallel
+``sp_size``) is checked here too (``treadle_deepspeed.options``).
 """
 
 from __future__ import annotations
@@ -38,6 +39,16 @@ def treadle_adjust_arguments(args: Any, explicit: frozenset[str]) -> None:
     problems = adopt_config_values(args, explicit, read_config(args.deepspeed))
     if problems:
         raise UsageError("\n".join(problems))
+
+
+@hookimpl
+def treadle_validate_arguments(args: Any) -> list[str] | None:
+    """``parallelism_config`` under the deepspeed strategy: sizes that fit the world, dimensions it builds."""
+    if not _selected(args):
+        return None
+    from treadle_deepspeed.options import check_arguments
+
+    return check_arguments(args) or None
 
 
 @hookimpl

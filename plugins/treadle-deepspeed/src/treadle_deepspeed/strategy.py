@@ -8,6 +8,14 @@ filled from the arguments. From then on the loop's per-step operations go to the
 DeepSpeed must not divide again), ``optimizer_step`` -> ``engine.step`` (clip, step, schedule,
 zero the gradients); ``no_backward_sync`` marks the accumulation micro-batches before the last.
 
+With ``parallelism_config={"sp_size": N}`` (ALST/Ulysses sequence parallelism, see
+``treadle_deepspeed.sequence_parallel``) blocks of N ranks share each batch: ``shard_info`` is
+the data-parallel (blocks, index), ``micro_batch`` hands each rank its slice of the sequences
+with DeepSpeed's all-to-all attention routed through forward and backward, the engine gets
+DeepSpeed's sequence-parallel ``mpu`` (so it reduces gradients over every rank; where it sums
+over a block, ``backward`` divides by N so the block's slices average, as ``MicroBatch`` asks), and
+evaluation gathers over the data-parallel ranks only (each block computes whole sequences).
+
 Checkpoints hold DeepSpeed's own files in ``deepspeed/`` (torch pickles: each process writes its
 ZeRO partitions, and the manifest lists every ``.pt`` under ``pickled``) next to a pickle-free,
 consolidated ``model.safetensors`` that ``evaluate`` / ``predict`` and the exported model read.
@@ -18,20 +26,20 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import weakref
 from pathlib import Path
 from typing import Any, Iterator, Optional
 
 import torch
 import torch.distributed as dist
 
+from treadle import parallelism
 from treadle.checkpoint import checkpoint_file, pickled_files, read_full_state, write_full_state
-from treadle.components import CheckpointWrite, NoSyncCapable
+from treadle.components import CheckpointWrite, MicroBatch, NoSyncCapable
 from treadle.distributed import ProcessGroupStrategy
 from treadle.errors import CheckpointError, UsageError
 from treadle.flow import option_value
-from treadle.markers import hookimpl
-from treadle_deepspeed.config import engine_config, read_config, zero_stage
+from treadle_deepspeed.config import engine_config, lookup, read_config, zero_stage
+from treadle_deepspeed.options import OFFERED, OTHER_STRATEGY_HINT
 
 logger = logging.getLogger("treadle.deepspeed")
 
@@ -57,7 +65,49 @@ class DeepSpeedStrategy(ProcessGroupStrategy, NoSyncCapable):
         self.engine: Any = None
         self._boundary = True
         self._pre_step_norm: Optional[torch.Tensor] = None
-        self._trainer: Any = None
+        try:
+            self.layout: Optional[parallelism.Layout] = parallelism.layout(args.load_json_field("parallelism_config"))
+        except parallelism.ParallelismError as exc:
+            raise UsageError("\n".join(exc.problems)) from None
+        problems = parallelism.unsupported(self.layout, OFFERED, "deepspeed", OTHER_STRATEGY_HINT)
+        if problems:
+            raise UsageError("\n".join(problems))
+        self.sequence_parallel: Any = None  # treadle_deepspeed.sequence_parallel.SequenceParallel, once joined
+        self._slice_divisor = 1  # see _engine_sums_slices
+        self._dp_group: Any = None
+
+    # sizes (read by Trainer.get_tp_size / get_cp_size / get_sp_size) -------------------------
+    @property
+    def sp_size(self) -> int:
+        return self.layout.sp if self.layout else 1
+
+    @property
+    def tp_size(self) -> int:
+        return 1
+
+    @property
+    def cp_size(self) -> int:
+        return 1
+
+    def _resolved(self) -> parallelism.Layout:
+        assert self.layout is not None
+        try:
+            self.layout = self.layout.resolve(self.world_size)
+        except parallelism.ParallelismError as exc:
+            raise UsageError("\n".join(exc.problems)) from None
+        return self.layout
+
+    @property
+    def data_parallel_size(self) -> int:
+        """Processes that see different batches (the world, less the sequence-parallel blocks)."""
+        return self._resolved().dp_size if self.layout else self.world_size
+
+    def shard_info(self) -> tuple[int, int]:
+        """(data-parallel replicas, this process's index): a sequence-parallel block shares its batches."""
+        if self.layout is None:
+            return super().shard_info()
+        layout = self._resolved()
+        return layout.dp_size, layout.dp_rank(self.global_rank)
 
     def process_group_backend(self) -> str:
         """``--ddp_backend``, else what DeepSpeed's accelerator talks over (gloo on the CPU, nccl on CUDA)."""
@@ -84,11 +134,12 @@ class DeepSpeedStrategy(ProcessGroupStrategy, NoSyncCapable):
         _warn_if_build_is_stuck()
         os.environ.setdefault("LOCAL_RANK", str(self.local_rank))  # the engine reads it (a launcher sets it)
         deepspeed.init_distributed(dist_backend=dist.get_backend(), auto_mpi_discovery=False, verbose=False)
+        if self.sp_size > 1 and self.sequence_parallel is None:
+            from treadle_deepspeed.sequence_parallel import SequenceParallel, data_parallel_group
 
-    @hookimpl
-    def treadle_on_init_end(self, trainer: Any) -> None:
-        """Remember the Trainer: a scheduler from the config may need its number of steps."""
-        self._trainer = weakref.ref(trainer)
+            self._resolved()
+            self.sequence_parallel = SequenceParallel(self.sp_size)
+            self._dp_group = data_parallel_group(self.sp_size)
 
     # model, optimizer, scheduler -------------------------------------------------------------
     def creates_optimizer(self) -> bool:
@@ -112,15 +163,20 @@ class DeepSpeedStrategy(ProcessGroupStrategy, NoSyncCapable):
         if self.root_device is None:
             self.setup_environment()
         config = engine_config(
-            self.config, self.args, world_size=self.world_size, precision=option_value(self.args.precision),
+            self.config, self.args, precision=option_value(self.args.precision),
             hidden_size=_hidden_size(model), num_training_steps=self._num_training_steps(),
-            client_optimizer=optimizer is not None,
+            client_optimizer=optimizer is not None, world_size=self.data_parallel_size,
         )
+        mpu = None
+        if self.sequence_parallel is not None:
+            self.sequence_parallel.attach(model)  # refuses a model Ulysses would compute wrongly
+            mpu = self.sequence_parallel.state
+            self._slice_divisor = self._engine_sums_slices(config)
         parameters = [p for p in model.parameters() if p.requires_grad] if optimizer is None else None
         try:
             engine, ds_optimizer, _, ds_scheduler = deepspeed.initialize(
                 model=model, optimizer=optimizer, model_parameters=parameters, lr_scheduler=scheduler,
-                config=config, dist_init_required=False,
+                config=config, dist_init_required=False, mpu=mpu,
             )
         except (AssertionError, ValueError, TypeError) as exc:  # DeepSpeed's config checks
             raise UsageError(f"strategy deepspeed: DeepSpeed refused the config: {exc}") from exc
@@ -129,11 +185,28 @@ class DeepSpeedStrategy(ProcessGroupStrategy, NoSyncCapable):
             _cast_float_inputs(engine.module, torch.bfloat16 if engine.bfloat16_enabled() else torch.float16)
         return engine, ds_optimizer, ds_scheduler
 
+    def _engine_sums_slices(self, config: dict[str, Any]) -> int:
+        """What the engine's gradient reduction leaves for ``backward`` to divide by: ``sp_size`` where it
+        sums over a sequence-parallel block, 1 where it already averages over every rank.
+
+        DeepSpeed 0.19 does both: ZeRO 0-2 (and ZeRO-3's all-reduce path) divide by the data-parallel
+        size only, ZeRO-3's reduce-scatter (its default) by all ranks of the sequence-data-parallel
+        group. ZeRO-3's all-reduce path picks its reduction per gradient bucket, so it is refused.
+        """
+        if self.stage != 3:
+            return self.sp_size
+        if lookup(config, "zero_optimization.reduce_scatter") is False:
+            raise UsageError(
+                f"parallelism_config sp_size={self.sp_size} with ZeRO-3: zero_optimization.reduce_scatter is false, "
+                "and DeepSpeed's ZeRO-3 all-reduce path then averages some gradient buckets over the sequence slices "
+                "and sums others; remove the key (reduce_scatter defaults to true) or use ZeRO stage 2"
+            )
+        return 1
+
     def _num_training_steps(self) -> Optional[int]:
-        trainer = self._trainer() if self._trainer is not None else None
-        steps = getattr(getattr(trainer, "state", None), "max_steps", 0)
-        if steps:
-            return int(steps)
+        """The run's optimizer steps (set by the loop before ``setup``), for a config scheduler's "auto" lengths."""
+        if self.num_training_steps:
+            return int(self.num_training_steps)
         return self.args.max_steps if self.args.max_steps and self.args.max_steps > 0 else None
 
     def unwrap_model(self, model: torch.nn.Module) -> torch.nn.Module:
@@ -159,8 +232,20 @@ class DeepSpeedStrategy(ProcessGroupStrategy, NoSyncCapable):
         finally:
             self._boundary = True
 
+    def micro_batch(self, inputs: dict[str, Any]) -> contextlib.AbstractContextManager[MicroBatch]:
+        """This rank's slice of the micro-batch under sequence parallelism (Ulysses attention routed
+        until the backward has run); the micro-batch as it is otherwise."""
+        if self.sequence_parallel is None or self.sequence_parallel.module is None:
+            return contextlib.nullcontext(MicroBatch(inputs))
+        label_names = getattr(self.args, "label_names", None) or ["labels"]
+        return self.sequence_parallel.active(inputs, label_names[0])
+
     def backward(self, loss: torch.Tensor, model: torch.nn.Module) -> None:
         self.engine.set_gradient_accumulation_boundary(self._boundary)
+        if self._slice_divisor > 1:
+            # the engine sums gradients over a sequence-parallel block (and averages over the
+            # blocks); the loop weighted each slice so that the block's slices average
+            loss = loss / self._slice_divisor
         self.engine.backward(loss, scale_wrt_gas=False)  # the loop weighted the micro-batch losses already
 
     def optimizer_step(self, optimizer: Any, model: torch.nn.Module) -> bool:
@@ -250,10 +335,34 @@ class DeepSpeedStrategy(ProcessGroupStrategy, NoSyncCapable):
         if path is None:
             raise CheckpointError(f"{checkpoint_dir / CHECKPOINT_SUBDIR}: DeepSpeed found no checkpoint to load")
 
+    # evaluation gathers over the data-parallel ranks ----------------------------------------
+    def all_gather(self, tensor: torch.Tensor) -> torch.Tensor:
+        """A sequence-parallel block computes each evaluation batch once per rank: gather one copy of it."""
+        if self._dp_group is None:
+            return super().all_gather(tensor)
+        tensor = tensor.detach().contiguous()
+        if tensor.dim() == 0:
+            tensor = tensor.reshape(1)
+        parts = [torch.empty_like(tensor) for _ in range(dist.get_world_size(self._dp_group))]
+        dist.all_gather(parts, tensor, group=self._dp_group)
+        return torch.cat(parts)
+
+    def all_gather_object(self, obj: Any) -> list[Any]:
+        if self._dp_group is None:
+            return super().all_gather_object(obj)
+        gathered: list[Any] = [None] * dist.get_world_size(self._dp_group)
+        dist.all_gather_object(gathered, obj, group=self._dp_group)
+        return gathered
+
     def teardown(self) -> None:
-        """Release the engine's hooks and buffers, then the process group (if treadle started it)."""
+        """Release the engine's hooks and buffers, DeepSpeed's sequence-parallel state, then the process group."""
         if self.engine is not None and hasattr(self.engine, "destroy"):
             self.engine.destroy()
+        if self.sequence_parallel is not None:
+            from treadle_deepspeed.sequence_parallel import forget_engine_groups
+
+            forget_engine_groups(self.sequence_parallel.state, world_destroyed=self._owns_group)
+            self.sequence_parallel, self._dp_group, self._slice_divisor = None, None, 1
         super().teardown()
 
 
