@@ -144,8 +144,10 @@ def _problems(tmp_path, **arguments) -> str:
 
 def test_impossible_meshes_are_named_when_the_arguments_are_parsed(deepspeed_plugins, monkeypatch, tmp_path):
     monkeypatch.setenv("WORLD_SIZE", "3")
-    message = _problems(tmp_path, deepspeed={}, parallelism_config={"sp_size": 2})
-    assert "3 processes cannot be split" in message and "sp_size=2" in message
+    for chosen in ({"deepspeed": {}}, {"strategy": "deepspeed"}):  # a config, or the strategy by name
+        message = _problems(tmp_path, **chosen, parallelism_config={"sp_size": 2})
+        assert "3 processes cannot be split" in message and "sp_size=2" in message
+        assert "contradicts" not in message
     monkeypatch.setenv("WORLD_SIZE", "4")
     message = _problems(tmp_path, deepspeed={}, parallelism_config=json.dumps({"sp_size": 2, "tp_size": 2}))
     assert "tp_size=2 is not something the deepspeed strategy can build" in message and "fsdp strategy" in message

@@ -49,10 +49,13 @@ def treadle_validate_arguments(args: Any) -> list[str] | None:
 
 @hookimpl
 def treadle_extend_catalog(catalog: Any) -> None:
-    """``parallelism_config`` (without a deepspeed config, which has its own sequence parallelism) selects fsdp."""
+    """``parallelism_config`` (without a deepspeed config or ``--strategy deepspeed``, which has its own
+    sequence parallelism) selects fsdp."""
 
     def _parallelism(args: Any) -> str | None:
         if getattr(args, "parallelism_config", None) is None or getattr(args, "deepspeed", None) is not None:
+            return None
+        if getattr(args.strategy, "value", args.strategy) == "deepspeed":  # it reads parallelism_config (sp_size) itself
             return None
         return "implied by parallelism_config"
 
