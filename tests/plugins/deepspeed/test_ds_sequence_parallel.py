@@ -118,17 +118,9 @@ def test_models_that_sequence_parallelism_would_compute_wrongly_are_refused():
 
 
 @pytest.fixture
-def deepspeed_plugins(monkeypatch):
+def deepspeed_plugins(only_plugins):
     """The real entry points of treadle-deepspeed (and treadle-fsdp where installed: its catalog row)."""
-    from treadle.plugins import reset_plugin_manager
-
-    names = "deepspeed,fsdp" if importlib.util.find_spec("treadle_fsdp") else "deepspeed"
-    monkeypatch.delenv("TREADLE_DISABLE_PLUGIN_AUTOLOAD", raising=False)
-    monkeypatch.setenv("TREADLE_PLUGINS", names)
-    reset_plugin_manager()
-    yield
-    monkeypatch.undo()
-    reset_plugin_manager()
+    only_plugins(*(("deepspeed", "fsdp") if importlib.util.find_spec("treadle_fsdp") else ("deepspeed",)))
 
 
 def _problems(tmp_path, **arguments) -> str:

@@ -26,7 +26,8 @@ def treadle_register_strategies(register: Any) -> None:
         "deepspeed",
         "treadle_deepspeed.strategy:DeepSpeedStrategy",
         requires=("deepspeed",),
-        description="DeepSpeed's engine: ZeRO stages 0-3, CPU/NVMe offload, its own fp16/bf16 and checkpoints",
+        description="DeepSpeed's engine: ZeRO stages 0-3, CPU/NVMe offload, its own fp16/bf16 and checkpoints, "
+        "ALST/Ulysses sequence parallel (parallelism_config sp_size)",
     )
 
 
