@@ -34,7 +34,7 @@ import torch.distributed as dist
 from treadle import parallelism
 from treadle.errors import UsageError
 
-from treadle_fsdp import context_parallel, tensor_parallel, wrapping
+from treadle_fsdp import context_parallel, tensor_parallel
 from treadle_fsdp.options import OFFERED, SP_HINT
 from treadle_fsdp.strategy import FsdpStrategy, _full
 
@@ -113,21 +113,14 @@ class NdFsdpStrategy(FsdpStrategy):
         return layout.dp_size, layout.dp_rank(self.global_rank)
 
     # model -----------------------------------------------------------------------------------
-    def setup_model(self, model: torch.nn.Module) -> torch.nn.Module:
-        """Split the model by its tensor-parallel plan, then shard it over the data mesh (the parent)."""
-        self.setup_environment()
-        if self.layout is None or self.layout.tp == 1:
-            return super().setup_model(model)
-        if not wrapping.has_meta_parameters(model):
-            model.to(self.root_device)
-            if self.settings.sync_module_states and self.world_size > 1:
-                wrapping.broadcast_from_rank0(model)  # before splitting: plain tensors, one broadcast each
-        tensor_parallel.apply(model, self.device_mesh["tp"], self.layout.tp_plan)
-        synced, self.settings.sync_module_states = self.settings.sync_module_states, False
-        try:
-            return super().setup_model(model)
-        finally:
-            self.settings.sync_module_states = synced
+    def _split_before_sharding(self, model: torch.nn.Module) -> None:
+        """Split the model by its tensor-parallel plan; the parent then shards it over the data mesh.
+
+        The parent has synced the plain tensors already (one broadcast each), or, with
+        ``cpu_ram_efficient_loading``, emptied every rank's parameters: the split then only lays
+        out meta DTensors, and rank 0's full weights fill the dp x tp shards after sharding."""
+        if self.layout is not None and self.layout.tp > 1:
+            tensor_parallel.apply(model, self.device_mesh["tp"], self.layout.tp_plan)
 
     # context parallel ------------------------------------------------------------------------
     def micro_batch(self, inputs: dict[str, Any]) -> contextlib.AbstractContextManager[Any]:

@@ -53,7 +53,6 @@ class FsdpStrategy(ProcessGroupStrategy, NoSyncCapable):
         except fsdp_options.FsdpOptionError as exc:
             raise UsageError("\n".join(exc.problems)) from None
         self.mesh: Any = None
-        self._init_rng: Optional[torch.Tensor] = None
         self._model: Optional[torch.nn.Module] = None
 
     def setup_environment(self) -> None:
@@ -81,20 +80,17 @@ class FsdpStrategy(ProcessGroupStrategy, NoSyncCapable):
 
     # model -----------------------------------------------------------------------------------
     def model_init_context(self) -> contextlib.AbstractContextManager:
-        """``cpu_ram_efficient_loading``: build the model with its parameters on the meta device."""
-        if not self.settings.meta_init:
+        """``cpu_ram_efficient_loading``: rank 0 builds the model as its code says (pretrained or
+        initialised), the other ranks with their parameters on the meta device; ``setup_model``
+        fills their shards from rank 0. The rank is the launcher's (RANK): the process group may
+        not exist yet."""
+        if not self.settings.meta_init or self.global_rank == 0:
             return contextlib.nullcontext()
-        return self._meta_build()
-
-    @contextlib.contextmanager
-    def _meta_build(self) -> Any:
-        with wrapping.parameters_on_meta() as captured:
-            yield
-        self._init_rng = captured["rng"]
+        return wrapping.parameters_on_meta()
 
     def setup_model(self, model: torch.nn.Module) -> torch.nn.Module:
         """``fully_shard`` per unit and on the root (the loop converted the model for the precision
-        already); meta parameters are then filled shard by shard."""
+        already); with ``cpu_ram_efficient_loading`` the shards are then filled from rank 0's weights."""
         self.setup_environment()
         if not any(p.requires_grad for p in model.parameters()):
             raise UsageError("strategy fsdp: the model has no trainable parameter (all have requires_grad=False)")
@@ -103,25 +99,46 @@ class FsdpStrategy(ProcessGroupStrategy, NoSyncCapable):
                 f"strategy fsdp: precision {self.precision.name!r} scales the loss, and its scaler looks only at this "
                 "process's gradient shards, so processes could disagree about skipping a step; use bf16 with fsdp"
             )
-        empty = wrapping.has_meta_parameters(model)
-        if empty and not self.settings.meta_init:
-            raise UsageError(
-                "strategy fsdp: the model has parameters on the meta device; set fsdp_config cpu_ram_efficient_loading=true "
-                "to have them filled after sharding, or build the model with real weights"
-            )
-        if not empty:
-            model.to(self.root_device)
-            if self.settings.sync_module_states and self.world_size > 1:
-                wrapping.broadcast_from_rank0(model)
+        rank0_state = self._weights_before_sharding(model)
+        self._split_before_sharding(model)
         wrapping.shard_model(
             model, self.mesh, self.settings, param_dtype=precision_dtype(self.precision),
             pin_memory=self.backend.pin_memory(),
         )
-        if empty:
-            rng = self._init_rng if self._init_rng is not None else torch.get_rng_state()
-            wrapping.fill_shards(model, self.root_device, self.broadcast_object(rng))
+        if rank0_state is not None:
+            wrapping.fill_from_rank0(model, self.root_device, rank0_state)
         self._model = model
         return model
+
+    def _weights_before_sharding(self, model: torch.nn.Module) -> Optional[dict[str, Any]]:
+        """Make every rank start from rank 0's weights. ``cpu_ram_efficient_loading`` on several
+        processes: rank 0's full state dict (an empty dict on the others), every rank's parameters
+        now empty, to be filled after sharding; else None, the weights on the device and, with
+        ``sync_module_states``, broadcast from rank 0."""
+        if self.settings.meta_init and self.world_size > 1:
+            missing = self.broadcast_object(wrapping.meta_parameter_names(model) if self.global_rank == 0 else None)
+            if missing:
+                raise UsageError(
+                    f"fsdp_config cpu_ram_efficient_loading: rank 0's model has parameters on the meta device "
+                    f"({', '.join(missing[:3])}{', ...' if len(missing) > 3 else ''}), but rank 0 must hold the real "
+                    "weights the other ranks receive; build the model through model_init or a task (the strategy "
+                    "builds it empty on the other ranks only), or pass a model with real weights"
+                )
+            rank0_state = wrapping.empty_parameters(model)  # a rank built in full (a model passed in) frees it here
+            return rank0_state if self.global_rank == 0 else {}
+        if wrapping.has_meta_parameters(model):
+            raise UsageError(
+                "strategy fsdp: the model has parameters on the meta device, and nothing would fill them; build the "
+                "model with real weights (with fsdp_config cpu_ram_efficient_loading=true only rank 0 needs them)"
+            )
+        model.to(self.root_device)
+        if self.settings.sync_module_states and self.world_size > 1:
+            wrapping.broadcast_from_rank0(model)
+        return None
+
+    def _split_before_sharding(self, model: torch.nn.Module) -> None:
+        """What happens to the (possibly empty) model between syncing it and ``fully_shard`` (the N-D
+        strategy splits it by its tensor-parallel plan)."""
 
     def unwrap_model(self, model: torch.nn.Module) -> torch.nn.Module:
         return getattr(model, "_orig_mod", model)  # fully_shard changes the module in place

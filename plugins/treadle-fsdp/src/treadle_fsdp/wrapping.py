@@ -5,15 +5,17 @@ root, so each unit all-gathers only its own parameters. Which submodules become 
 the seeds: layer classes by name (``transformer_layer_cls_to_wrap``, or the model's
 ``_no_split_modules`` for plain ``auto_wrap``), or a parameter count (``min_num_params``).
 
-Meta-device initialisation (``cpu_ram_efficient_loading``): ``parameters_on_meta`` lets the
-task build the model with every parameter on the meta device (buffers stay real: they are small
-and often computed in ``__init__``). After sharding, ``fill_shards`` allocates only this
-process's shards and fills them module by module: each module's parameters exist in full for
-the length of its ``reset_parameters()`` call, then only the local shard is kept. Replaying
-``reset_parameters`` in module order from the random state the model was built with gives the
-same weights a normal build would (for models that initialise through ``reset_parameters`` in
-construction order, as torch's layers do); a module that holds parameters but has no
-``reset_parameters`` cannot be filled and is an error naming it.
+Rank-0 loading (``cpu_ram_efficient_loading``): only the first process builds the model with
+real weights (whatever its builder does: ``from_pretrained``, a loaded state dict, its own
+initialisation); every other process builds it inside ``parameters_on_meta``, so its parameters
+take no memory (buffers stay real: they are small and often computed in ``__init__``). Before
+sharding, ``empty_parameters`` keeps rank 0's full weights aside and empties its parameters
+too (and any other rank's that were built in full), so every rank shards the same empty model; after ``fully_shard``,
+``fill_from_rank0`` allocates only each rank's shards and fills them from rank 0's weights one
+tensor at a time (torch's ``set_model_state_dict`` with ``broadcast_from_rank0``), then sends
+rank 0's buffers, which a state dict leaves out when they are not persistent. Replaying an
+initialisation on every rank instead would be right only for models that initialise through
+``reset_parameters`` in construction order, and would throw loaded weights away.
 """
 
 from __future__ import annotations
@@ -125,14 +127,14 @@ def broadcast_from_rank0(model: nn.Module) -> None:
 
 
 @contextlib.contextmanager
-def parameters_on_meta() -> Iterator[dict[str, Any]]:
-    """Build modules with their parameters on the meta device; yields the random state at entry.
+def parameters_on_meta() -> Iterator[None]:
+    """Build modules with their parameters on the meta device (the ranks that receive rank 0's weights).
 
     Each parameter is moved to meta as it is registered, so no full-size weight is ever
-    written to (the brief ``torch.empty`` of a layer's constructor touches no memory).
+    written to (the brief ``torch.empty`` of a layer's constructor touches no memory); a
+    parameter assigned twice (tied weights) stays one object.
     """
     original = nn.Module.register_parameter
-    captured = {"rng": torch.get_rng_state()}
 
     def register_on_meta(module: nn.Module, name: str, param: Optional[nn.Parameter]) -> None:
         original(module, name, param)
@@ -141,47 +143,44 @@ def parameters_on_meta() -> Iterator[dict[str, Any]]:
 
     nn.Module.register_parameter = register_on_meta  # type: ignore[method-assign]
     try:
-        yield captured
+        yield
     finally:
         nn.Module.register_parameter = original  # type: ignore[method-assign]
+
+
+def meta_parameter_names(model: nn.Module) -> list[str]:
+    return [name for name, p in model.named_parameters() if p.is_meta]
 
 
 def has_meta_parameters(model: nn.Module) -> bool:
     return any(p.is_meta for p in model.parameters())
 
 
-def fill_shards(model: nn.Module, device: torch.device, rng_state: Optional[torch.Tensor]) -> None:
-    """Allocate the local shards of a sharded meta model and initialise them module by module."""
-    from torch.distributed.tensor import DTensor, distribute_tensor
+def empty_parameters(model: nn.Module) -> dict[str, Any]:
+    """Move the parameters to meta and return the state dict they made up (rank 0 keeps it where
+    it was built, e.g. on the CPU, to send it after sharding); tied parameters stay tied."""
+    state = model.state_dict()
+    empty: dict[int, nn.Parameter] = {}
+    for module in model.modules():
+        for name, param in module._parameters.items():
+            if param is None or param.is_meta:
+                continue
+            if id(param) not in empty:
+                empty[id(param)] = type(param)(param.detach().to("meta"), requires_grad=param.requires_grad)
+            module._parameters[name] = empty[id(param)]
+    return state
 
-    meta_owners = [(name, m) for name, m in model.named_modules() if any(p.is_meta for p in m.parameters(recurse=False))]
-    for name, module in meta_owners:
-        if not callable(getattr(module, "reset_parameters", None)):
-            raise UsageError(
-                f"fsdp_config cpu_ram_efficient_loading: {name or 'the model'} ({type(module).__name__}) holds "
-                "parameters but has no reset_parameters(), so its shards cannot be initialised after an empty "
-                "build; give it a reset_parameters() method, or drop cpu_ram_efficient_loading"
-            )
+
+def fill_from_rank0(model: nn.Module, device: torch.device, rank0_state: dict[str, Any]) -> None:
+    """Allocate the local shards of a sharded empty model and fill them from rank 0's full weights
+    (``rank0_state``: rank 0's state dict, empty on the others); then every buffer is rank 0's."""
+    import torch.distributed as dist
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
+
     model._apply(lambda t: torch.empty_like(t, device=device) if t.is_meta else t.to(device))
-    with torch.random.fork_rng(devices=[]):
-        if rng_state is not None:
-            torch.set_rng_state(rng_state)
-        for _, module in meta_owners:
-            sharded = dict(module.named_parameters(recurse=False))
-            for pname, param in sharded.items():  # full-size stand-ins for this one module
-                module._parameters[pname] = nn.Parameter(
-                    torch.empty(param.shape, dtype=param.dtype, device=device), requires_grad=param.requires_grad
-                )
-            try:
-                with torch.no_grad():
-                    module.reset_parameters()
-            finally:
-                for pname, param in sharded.items():
-                    full = module._parameters[pname].detach()
-                    module._parameters[pname] = param
-                    with torch.no_grad():
-                        if isinstance(param, DTensor):
-                            local = distribute_tensor(full, param.device_mesh, param.placements, src_data_rank=None)
-                            param.to_local().copy_(local.to_local())
-                        else:
-                            param.copy_(full)
+    # one tensor at a time: a receiving rank holds one full tensor besides its shards
+    options = StateDictOptions(full_state_dict=True, broadcast_from_rank0=True)
+    set_model_state_dict(model, rank0_state, options=options)
+    with torch.no_grad():
+        for buffer in model.buffers():
+            dist.broadcast(buffer, src=0)
