@@ -4,6 +4,8 @@ treadle-fixture-precision (a hand-written loss scaler) and its eval precision ``
 The loop must give the precision its device before anything else, convert the model once (not
 the strategy), leave overflowing gradients to the scaler, count the steps it skips, call
 ``skip_step`` for a step the NaN policy drops, log and checkpoint the scale, and resume exactly.
+``agree_on_overflow``: a reducer handed over by a sharding strategy makes another process's overflow skip
+the step here too.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import pytest
 
 from treadle.args import TrainingArguments
 from treadle.builtin.demo_task import build as build_demo
+from treadle.components import Precision
 from treadle.errors import UsageError
 from treadle.markers import hookimpl
 from treadle.trainer import Trainer
@@ -125,3 +128,66 @@ def test_an_eval_precision_must_convert_in_place(tmp_path, monkeypatch):
     trainer = Trainer(model=parts.model, args=args, eval_dataset=parts.eval_dataset)
     with pytest.raises(UsageError, match="an eval precision must convert the model in place"):
         trainer.evaluate()
+
+
+class OtherProcessOverflows:
+    """Hands the precision a reducer, as a sharding strategy's ``setup_model`` would, that stands in for a
+    second process whose part of the gradients overflows at optimizer step ``at`` (this process's stay finite).
+
+    It records each call (the step and this process's flag) and the first weight after every step."""
+
+    def __init__(self, at: int) -> None:
+        self.at, self.step, self.calls, self.weights, self.scales = at, 0, [], {}, {}
+
+    @hookimpl
+    def treadle_on_train_begin(self, trainer) -> None:
+        assert trainer.precision.agree_on_overflow(self.reduce_max) is True
+
+    @hookimpl
+    def treadle_on_step_begin(self, state) -> None:
+        self.step = state.global_step + 1
+
+    @hookimpl
+    def treadle_on_step_end(self, trainer, state) -> None:
+        self.weights[state.global_step] = next(trainer.model.parameters()).detach().clone()
+        self.scales[state.global_step] = trainer.precision.scale
+
+    def reduce_max(self, flags):
+        import torch
+
+        self.calls.append((self.step, flags.tolist()))
+        other = torch.full_like(flags, 1.0 if self.step == self.at else 0.0)
+        return torch.maximum(flags, other)
+
+
+def test_a_precision_that_agrees_on_overflows_skips_when_another_process_overflowed(tmp_path):
+    args = scaled_args(tmp_path, max_steps=6, logging_steps=6)
+    parts = build_demo(args)
+    other = OtherProcessOverflows(at=4)
+    trainer = Trainer(model=parts.model, args=args, train_dataset=parts.train_dataset, callbacks=[other])
+    trainer.train()
+    precision = trainer.precision
+    assert [step for step, _ in other.calls] == [1, 2, 3, 4, 5, 6]  # once per step, after unscaling
+    assert all(flags == [0.0] for _, flags in other.calls)  # this process's gradients were finite throughout
+    assert precision.overflows == 1 and precision.good_steps == 5
+    assert trainer.state.global_step == 6  # a skipped step still counts as a step
+    assert trainer.state.log_history[0]["skipped_steps"] == 1
+    # halved at step 4 for the other process's overflow, doubled at step 5 (the fixture's 4th good step)
+    assert other.scales == {1: 4096.0, 2: 4096.0, 3: 4096.0, 4: 2048.0, 5: 4096.0, 6: 4096.0}
+    assert bool((other.weights[4] == other.weights[3]).all())  # step 4 left the weights alone
+    assert not bool((other.weights[5] == other.weights[4]).all())
+
+
+class _Plain(Precision):
+    name = "plain"
+
+
+class _ScalesWithoutAgreeing(Precision):
+    name = "scales-alone"
+    scales_loss = True
+
+
+def test_by_default_only_a_precision_that_does_not_scale_the_loss_agrees():
+    """A loss scaler that does not implement ``agree_on_overflow`` says so, and a sharding strategy refuses it."""
+    assert _Plain(None).agree_on_overflow(lambda flags: flags) is True
+    assert _ScalesWithoutAgreeing(None).agree_on_overflow(lambda flags: flags) is False

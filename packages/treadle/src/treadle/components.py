@@ -135,7 +135,8 @@ class Precision(ABC):
     sees the converted parameters); then per step ``forward_context`` / ``backward`` /
     ``unscale_gradients`` / ``optimizer_step``, or ``skip_step`` when the NaN/Inf policy drops the
     step. With ``--fp16_full_eval`` / ``--bf16_full_eval`` a second instance, the run's *eval
-    precision*, serves evaluation (see ``Trainer.eval_precision``).
+    precision*, serves evaluation (see ``Trainer.eval_precision``). A sharding strategy calls
+    ``agree_on_overflow`` when it sets up the model, so a loss scaler decides with every process.
     """
 
     name: str = ""
@@ -198,6 +199,23 @@ class Precision(ABC):
         A loss scaler must still count it as an overflow (lower the scale), so the policy and the
         scaler agree about which steps happened. Nothing to do by default.
         """
+
+    def agree_on_overflow(self, reduce_max: Callable[[torch.Tensor], torch.Tensor]) -> bool:
+        """Take every process's overflow into this process's decision to skip a step.
+
+        A strategy whose processes each hold only a part of the gradients (a sharded model) calls
+        this from ``setup_model``, after ``setup``: an inf in one process's part would otherwise
+        skip the step and lower the scale there only, and the processes would drift apart.
+        ``reduce_max(flags)`` takes a float tensor on the run's device and returns a new one,
+        the elementwise maximum over the processes; it is a collective, so call it once per
+        unscaling on every process (also when this process holds no gradient). A loss scaler
+        passes its found-inf flags through it after unscaling, before it decides, and returns True.
+
+        Returns whether the overflow decision is now the same on every process. The default is
+        True for a precision that does not scale the loss (it never skips a step on its own) and
+        False for one that does: the strategy then refuses the combination with a clear message.
+        """
+        return not self.scales_loss
 
     def log_values(self) -> dict[str, float]:
         """Numbers to log with the training loss (e.g. ``loss_scale``); read only when logging."""

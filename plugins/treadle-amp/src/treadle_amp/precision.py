@@ -11,12 +11,13 @@ from __future__ import annotations
 
 import functools
 import logging
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 import torch
 
 from treadle.components import Precision
 from treadle_amp.capability import check_autocast, check_grad_scaler, check_half_precision_backend
+from treadle_amp.scaler import AgreeingGradScaler
 
 logger = logging.getLogger("treadle.amp")
 
@@ -78,7 +79,8 @@ class Fp16MixedPrecision(MixedPrecision):
     gradients are divided by it again. A step whose gradients overflowed (inf / NaN) is skipped
     and the scale halved; after ``growth_interval`` good steps it doubles. Skipped steps are
     counted (``overflow_steps``, in the checkpoint) and reported: a warning each, and the loop
-    logs them as ``skipped_steps`` next to ``loss_scale``.
+    logs them as ``skipped_steps`` next to ``loss_scale``. Under a sharding strategy the overflow
+    flags are reduced over the processes (``agree_on_overflow``), so all of them skip together.
     """
 
     name = "fp16"
@@ -86,7 +88,8 @@ class Fp16MixedPrecision(MixedPrecision):
 
     def __init__(self, args: Any, dtype: str = "float16") -> None:
         super().__init__(args, dtype)
-        self.scaler: Optional[torch.amp.GradScaler] = None
+        self.scaler: Optional[AgreeingGradScaler] = None
+        self._reduce_max: Optional[Callable[[torch.Tensor], torch.Tensor]] = None
         self.overflow_steps = 0
         self._unscaled = False
         self._scale = 0.0
@@ -95,14 +98,22 @@ class Fp16MixedPrecision(MixedPrecision):
     def setup(self, device: torch.device) -> None:
         super().setup(device)
         check_grad_scaler(device, self.name)
-        self.scaler = torch.amp.GradScaler(
-            device.type, init_scale=self.args.amp_init_scale, growth_interval=self.args.amp_growth_interval
+        self.scaler = AgreeingGradScaler(
+            device.type, reduce_max=self._reduce_max, init_scale=self.args.amp_init_scale,
+            growth_interval=self.args.amp_growth_interval,
         )
         if self._pending is not None:  # a checkpoint was loaded before the device was known
             self.load_state_dict(self._pending)
         self._scale = self.scaler.get_scale()
 
-    def _ready(self) -> torch.amp.GradScaler:
+    def agree_on_overflow(self, reduce_max: Callable[[torch.Tensor], torch.Tensor]) -> bool:
+        """Reduce the scaler's found-inf flags with ``reduce_max`` after each unscaling (a sharding strategy's call)."""
+        self._reduce_max = reduce_max
+        if self.scaler is not None:
+            self.scaler.reduce_max = reduce_max
+        return True
+
+    def _ready(self) -> AgreeingGradScaler:
         if self.scaler is None:
             self.setup(torch.device("cpu"))
         return self.scaler

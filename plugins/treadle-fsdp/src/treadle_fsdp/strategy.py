@@ -9,9 +9,10 @@ parameters and its state is sharded with them.
 What differs from one process: the gradient norm is a global norm over the shards; the model
 weights for ``model.safetensors`` are gathered to rank 0 (``model_state_dict``); checkpoints hold
 one DCP shard per process (``sharded_checkpoint``); the mixed-precision policy comes from the
-run's precision through ``Precision.compute_dtype`` (``precision_dtype``), so this plugin never
-imports a precision plugin. Process topology, the group and the collectives are the core's
-``ProcessGroupStrategy``.
+run's precision through ``Precision.compute_dtype`` (``precision_dtype``), and a loss scaler
+decides about overflows over every process's shard through ``Precision.agree_on_overflow``, so
+this plugin never imports a precision plugin. Process topology, the group and the collectives
+are the core's ``ProcessGroupStrategy``.
 """
 
 from __future__ import annotations
@@ -94,10 +95,11 @@ class FsdpStrategy(ProcessGroupStrategy, NoSyncCapable):
         self.setup_environment()
         if not any(p.requires_grad for p in model.parameters()):
             raise UsageError("strategy fsdp: the model has no trainable parameter (all have requires_grad=False)")
-        if self.precision.scales_loss and self.world_size > 1:
+        if self.world_size > 1 and not self.precision.agree_on_overflow(self._max_over_processes):
             raise UsageError(
-                f"strategy fsdp: precision {self.precision.name!r} scales the loss, and its scaler looks only at this "
-                "process's gradient shards, so processes could disagree about skipping a step; use bf16 with fsdp"
+                f"strategy fsdp: precision {self.precision.name!r} scales the loss but cannot share its overflow check "
+                "(Precision.agree_on_overflow), so processes holding different gradient shards could disagree about "
+                "skipping a step; use bf16, or a precision that implements it (treadle-amp's fp16 does)"
             )
         rank0_state = self._weights_before_sharding(model)
         self._split_before_sharding(model)
@@ -148,6 +150,10 @@ class FsdpStrategy(ProcessGroupStrategy, NoSyncCapable):
         return _gradient_sync(self.unwrap_model(model), not enabled)
 
     # gradients -------------------------------------------------------------------------------
+    def _max_over_processes(self, flags: torch.Tensor) -> torch.Tensor:
+        """The reducer a loss scaler's found-inf flags go through: an inf in any process's shard counts everywhere."""
+        return self.all_reduce(flags, op="max")
+
     def grad_norm(self, model: torch.nn.Module) -> Optional[torch.Tensor]:
         """The norm of the whole gradient, over every shard."""
         grads = [p.grad for p in model.parameters() if p.grad is not None]
