@@ -7,7 +7,11 @@ entry at step ``OVERFLOW_AT``, in the last row of the input layer's weight: FSDP
 weight by rows, so only rank 1's shard holds that row. One process with the same inf skips the
 same step, so the two runs must agree on the scale at every step and end with close weights. A
 resume from the checkpoint after the overflow must bring the lowered scale back on both ranks.
-All runs share one pair of processes.
+
+A third run splits a layer over tp=2 (``parallelism_config``) and puts the inf into rank 1's half
+of its weight gradient. There torch's own reduction of the flag (DTensor's, over the mesh of the
+first gradient, here a data-only one on a mesh of one process) does not reach rank 0: without
+the reducer rank 0 would step and rank 1 skip. All runs share one pair of processes.
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ from typing import Any
 
 import pytest
 import torch
+from torch import nn
 from fsdp_kit import TinyNet, dataset, final_weights, losses, run_ranks, training_args
 from treadle.markers import hookimpl
 from treadle.plugins import reset_plugin_manager
@@ -70,6 +75,20 @@ class PoisonableNet(TinyNet):
         self.inp = inp
 
 
+class TpNet(nn.Module):
+    """Data-only input and output layers around a colwise / rowwise pair split over tp."""
+
+    _tp_plan = {"up": "colwise", "down": "rowwise"}
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.inp, self.up, self.down, self.head = nn.Linear(8, 16), nn.Linear(16, 32), nn.Linear(32, 16), nn.Linear(16, 1)
+
+    def forward(self, x: torch.Tensor, labels: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+        out = self.head(self.down(torch.relu(self.up(self.inp(x))))).squeeze(-1)
+        return {"logits": out, "loss": nn.functional.mse_loss(out, labels)}
+
+
 def _local(tensor: torch.Tensor) -> torch.Tensor:
     return tensor.to_local() if hasattr(tensor, "to_local") else tensor
 
@@ -78,19 +97,23 @@ class Recorder:
     """Poisons step ``OVERFLOW_AT``; records per step this process's view: the loss scale before and after,
     whether its own gradient shards were finite, and whether its weight shards moved."""
 
-    def __init__(self) -> None:
+    def __init__(self, rank1_shard_of: str | None = None) -> None:
         self.steps: dict[int, dict[str, Any]] = {}
         self._before: list[torch.Tensor] = []
+        self.rank1_shard_of = rank1_shard_of  # poison this parameter's local gradient on rank 1, not the backward
 
     @hookimpl
     def treadle_on_step_begin(self, trainer: Any, state: Any) -> None:
         step = state.global_step + 1
-        trainer.model.inp.poison = step == OVERFLOW_AT
+        if self.rank1_shard_of is None:
+            trainer.model.inp.poison = step == OVERFLOW_AT
         self.steps[step] = {"scale_before": trainer.precision.log_values()["loss_scale"]}
         self._before = [_local(p).detach().clone() for p in trainer.model.parameters()]
 
     @hookimpl
     def treadle_on_pre_optimizer_step(self, trainer: Any, state: Any) -> None:
+        if self.rank1_shard_of and state.global_step + 1 == OVERFLOW_AT and trainer.strategy.global_rank == 1:
+            _local(trainer.model.get_parameter(self.rank1_shard_of).grad)[0, 0] = float("inf")
         grads = [_local(p.grad) for p in trainer.model.parameters() if p.grad is not None]
         self.steps[state.global_step + 1]["own_grads_finite"] = all(bool(torch.isfinite(g).all()) for g in grads)
 
@@ -107,11 +130,11 @@ class Recorder:
         Path(args.output_dir, f"record-{rank}.json").write_text(json.dumps(self.steps))
 
 
-def _train(output_dir: Any, resume: Any = None, **overrides: Any) -> None:
+def _train(output_dir: Any, resume: Any = None, model_init: Any = PoisonableNet, recorder: Any = None, **overrides: Any) -> None:
     from treadle import Trainer
 
     trainer = Trainer(args=training_args(output_dir, **{**FP16, **overrides}), train_dataset=dataset(),
-                      model_init=PoisonableNet, callbacks=[Recorder()])
+                      model_init=model_init, callbacks=[recorder or Recorder()])
     with trainer:
         trainer.train(resume_from_checkpoint=resume)
         trainer.save_model()
@@ -127,6 +150,9 @@ def _train(output_dir: Any, resume: Any = None, **overrides: Any) -> None:
 def _two_ranks(rank: int, root: str) -> None:
     _train(f"{root}/fsdp", **FSDP)
     _train(f"{root}/resumed", resume=f"{root}/fsdp/checkpoint-3", **FSDP)
+    # no clipping: the unscaling happens inside the scaler's step, after the hook poisoned the shard
+    _train(f"{root}/tp", model_init=TpNet, recorder=Recorder(rank1_shard_of="up.weight"), strategy="fsdp",
+           parallelism_config={"tp_size": 2}, max_grad_norm=0.0, save_strategy="no")
 
 
 def _record(output: Path, rank: int = 0) -> dict[str, Any]:
@@ -170,3 +196,9 @@ def test_an_overflow_in_one_shard_skips_the_step_on_both_ranks_like_one_process(
         assert list(resumed) == [str(STEPS)] and scales(resumed) == [(512.0, 512.0)]  # a fresh scaler would show 1024
     for key, value in final_weights(tmp_path / "fsdp").items():
         torch.testing.assert_close(final_weights(tmp_path / "resumed")[key], value, atol=1e-6, rtol=1e-6, msg=key)
+
+    # tp: the inf in rank 1's half of up.weight skips the step on rank 0 too
+    tp0, tp1 = _record(tmp_path / "tp", 0), _record(tmp_path / "tp", 1)
+    assert tp0[overflow]["own_grads_finite"] and not tp1[overflow]["own_grads_finite"]
+    assert not tp0[overflow]["weights_moved"] and not tp1[overflow]["weights_moved"]
+    assert scales(tp0) == scales(tp1) == scales(single)

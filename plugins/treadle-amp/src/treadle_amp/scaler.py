@@ -6,9 +6,11 @@ precision a reducer (``Precision.agree_on_overflow``); this scaler passes its fo
 through it right after unscaling, so ``step`` (skip or not) and ``update`` (the new scale) read
 the same flags on every process.
 
-(torch already reduces the flag for DTensor gradients inside its dispatch, over the first
-gradient's mesh; the reducer does not depend on that, and covers gradients that are plain local
-shards. It costs one small collective per step, without a host sync.)
+torch reduces the flag for DTensor gradients by itself, but only over the mesh of the first
+gradient in each batch of gradients it unscales: with FSDP2 alone that is every process, with
+tensor parallel it can be a data-only parameter's mesh that leaves out the other tp ranks (then
+rank 0 would step while rank 1 skipped; tests/plugins/fsdp/test_fp16.py shows it). The reducer
+covers every process whatever the gradients are, for one small collective per step.
 """
 
 from __future__ import annotations
