@@ -8,8 +8,10 @@ One set of two processes runs everything, and the tests read what each rank repo
   of the weights plus one tensor at a time as rank 0 broadcasts them; rank 0 builds it in full;
 * a model that initialises itself in ``__init__`` (normal(0, 0.02), as Hugging Face models do,
   plus a random non-persistent buffer) trains exactly like the same run without the option;
+* so does one split over two tensor-parallel ranks first (``parallelism_config`` tp_size=2);
 * a model whose ``model_init`` loads a safetensors file keeps those weights;
-* rank 1's parameters are on the meta device when its ``model_init`` returns, rank 0's are not.
+* rank 1's parameters are on the meta device when its ``model_init`` returns, rank 0's are not;
+* a model without real weights on rank 0 is one message on every rank.
 """
 
 from __future__ import annotations
@@ -48,6 +50,12 @@ class HfLikeNet(TinyNet):
 
     def forward(self, x: torch.Tensor, labels: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
         return super().forward(x * self.gain, labels)
+
+
+class HfLikeTpNet(HfLikeNet):
+    """The same, split over two tensor-parallel ranks (a colwise/rowwise pair)."""
+
+    _tp_plan = {"blocks.0.linear": "colwise", "blocks.1.linear": "rowwise"}
 
 
 def _pretrained_file(root: str) -> str:
@@ -123,14 +131,36 @@ def _worker(rank: int, root: str) -> None:
         model.load_state_dict(load_file(pretrained))
         return model
 
-    for case, build in {"hf_init": HfLikeNet, "pretrained": load_pretrained}.items():
+    cases = {
+        "hf_init": (HfLikeNet, {}),
+        "pretrained": (load_pretrained, {}),
+        # tp first: rank 0's full weights fill the shards of DTensors split over tp
+        "tp": (HfLikeTpNet, {"parallelism_config": {"dp_shard_size": 1, "tp_size": 2}}),
+    }
+    for case, (build, more) in cases.items():
         for name, config in {"empty": EMPTY, "full": {}}.items():
             seen: list[bool] = []
             trainer = train(f"{root}/{case}-{name}", model_init=_recording(build, seen), strategy="fsdp",
-                            fsdp="full_shard auto_wrap", fsdp_config=config)
+                            fsdp="full_shard auto_wrap", fsdp_config=config, **more)
             buffers = {k: v.tolist() for k, v in trainer.model.named_buffers()}
             report[f"{case}-{name}"] = {"meta_after_build": seen, "buffers": buffers}
+    report["meta_on_rank0"] = _refusal(f"{root}/meta-on-rank0")
     Path(root, f"rank{rank}.json").write_text(json.dumps(report))
+
+
+def _refusal(output_dir: str) -> str:
+    """The message a model built on the meta device everywhere (rank 0 included) stops with."""
+    from treadle.errors import UsageError
+
+    def on_meta() -> TinyNet:
+        with torch.device("meta"):
+            return TinyNet()
+
+    try:
+        train(output_dir, model_init=on_meta, strategy="fsdp", fsdp="full_shard auto_wrap", fsdp_config=EMPTY)
+    except UsageError as exc:
+        return str(exc)
+    return ""
 
 
 @pytest.fixture(scope="module")
@@ -168,12 +198,13 @@ def _assert_same_run(root: Path, case: str) -> None:
         assert torch.equal(got[key], want[key]), f"{case}: {key}"
 
 
-def test_a_model_with_its_own_init_trains_like_a_full_build(runs):
+@pytest.mark.parametrize("case", ["hf_init", "tp"])
+def test_a_model_with_its_own_init_trains_like_a_full_build(runs, case):
     root, reports = runs
-    _assert_same_run(root, "hf_init")
+    _assert_same_run(root, case)
     # the random non-persistent buffer is rank 0's everywhere
-    assert reports[0]["hf_init-empty"]["buffers"] == reports[1]["hf_init-empty"]["buffers"]
-    assert reports[0]["hf_init-empty"]["buffers"] == reports[0]["hf_init-full"]["buffers"]
+    assert reports[0][f"{case}-empty"]["buffers"] == reports[1][f"{case}-empty"]["buffers"]
+    assert reports[0][f"{case}-empty"]["buffers"] == reports[0][f"{case}-full"]["buffers"]
 
 
 def test_pretrained_weights_loaded_by_model_init_are_kept(runs):
@@ -185,7 +216,14 @@ def test_pretrained_weights_loaded_by_model_init_are_kept(runs):
 
 def test_ranks_other_than_0_build_no_weights(runs):
     _, reports = runs
-    for case in ("hf_init", "pretrained"):
+    for case in ("hf_init", "pretrained", "tp"):
         assert not any(reports[0][f"{case}-empty"]["meta_after_build"]), "rank 0 builds the real model"
         assert all(reports[1][f"{case}-empty"]["meta_after_build"]), "rank 1 must build its parameters on meta"
         assert not any(reports[1][f"{case}-full"]["meta_after_build"])
+
+
+def test_rank0_without_real_weights_is_refused_on_every_rank(runs):
+    _, reports = runs
+    for report in reports:
+        message = report["meta_on_rank0"]
+        assert "rank 0's model has parameters on the meta device (inp.weight, inp.bias, blocks.0.linear.weight, ...)" in message

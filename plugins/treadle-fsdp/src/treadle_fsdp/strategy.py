@@ -108,7 +108,8 @@ class FsdpStrategy(ProcessGroupStrategy, NoSyncCapable):
             pin_memory=self.backend.pin_memory(),
         )
         if rank0_state is not None:
-            wrapping.fill_from_rank0(model, self.root_device, rank0_state)
+            shards_on = torch.device("cpu") if self.settings.offload else self.root_device
+            wrapping.fill_from_rank0(model, shards_on, rank0_state)
         self._model = model
         return model
 

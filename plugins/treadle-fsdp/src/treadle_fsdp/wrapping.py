@@ -172,12 +172,13 @@ def empty_parameters(model: nn.Module) -> dict[str, Any]:
 
 
 def fill_from_rank0(model: nn.Module, device: torch.device, rank0_state: dict[str, Any]) -> None:
-    """Allocate the local shards of a sharded empty model and fill them from rank 0's full weights
-    (``rank0_state``: rank 0's state dict, empty on the others); then every buffer is rank 0's."""
+    """Allocate the local shards of a sharded empty model on ``device`` (the CPU when FSDP offloads
+    them) and fill them from rank 0's full weights (``rank0_state``: rank 0's state dict, empty on
+    the others); then every buffer is rank 0's."""
     import torch.distributed as dist
     from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
 
-    model._apply(lambda t: torch.empty_like(t, device=device) if t.is_meta else t.to(device))
+    model._apply(lambda t: torch.empty_like(t, device=device) if t.is_meta else t)  # FSDP2 re-registers its shards
     # one tensor at a time: a receiving rank holds one full tensor besides its shards
     options = StateDictOptions(full_state_dict=True, broadcast_from_rank0=True)
     set_model_state_dict(model, rank0_state, options=options)
