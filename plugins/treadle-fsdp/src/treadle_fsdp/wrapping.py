@@ -10,9 +10,9 @@ real weights (whatever its builder does: ``from_pretrained``, a loaded state dic
 initialisation); every other process builds it inside ``parameters_on_meta``, so its parameters
 take no memory (buffers stay real: they are small and often computed in ``__init__``). Before
 sharding, ``empty_parameters`` keeps rank 0's full weights aside and empties its parameters
-too (and any other rank's that were built in full), so every rank shards the same empty model; after ``fully_shard``,
-``fill_from_rank0`` allocates only each rank's shards and fills them from rank 0's weights one
-tensor at a time (torch's ``set_model_state_dict`` with ``broadcast_from_rank0``), then sends
+too (and any other rank's that were built in full), so every rank shards the same empty
+model, tensor-parallel split included; after ``fully_shard``, ``fill_from_rank0`` allocates
+only each rank's shards and fills them from rank 0's weights one tensor at a time (torch's ``set_model_state_dict`` with ``broadcast_from_rank0``), then sends
 rank 0's buffers, which a state dict leaves out when they are not persistent. Replaying an
 initialisation on every rank instead would be right only for models that initialise through
 ``reset_parameters`` in construction order, and would throw loaded weights away.
