@@ -27,9 +27,9 @@ ZERO3 = {"zero_optimization": {"stage": 3}}
 
 
 class Attention(nn.Module):
-    def __init__(self, heads: int) -> None:
+    def __init__(self, heads: int, by_hand: bool = False) -> None:
         super().__init__()
-        self.num_heads = heads
+        self.num_heads, self.by_hand = heads, by_hand
         # no bias on q/k/v: softmax ignores a key bias, so its gradient is rounding noise that Adam
         # would turn into lr-sized steps, different in every summation order
         self.qkv, self.out = nn.Linear(WIDTH, 3 * WIDTH, bias=False), nn.Linear(WIDTH, WIDTH)
@@ -37,15 +37,20 @@ class Attention(nn.Module):
     def forward(self, h: torch.Tensor) -> torch.Tensor:
         b, t, _ = h.shape
         q, k, v = (x.view(b, t, self.num_heads, -1).transpose(1, 2) for x in self.qkv(h).chunk(3, dim=-1))
-        att = nn.functional.scaled_dot_product_attention(q, k, v, is_causal=True)
+        if self.by_hand:  # attention that never calls SDPA: sequence parallelism cannot route it
+            mask = torch.ones(t, t, dtype=torch.bool, device=h.device).tril()
+            scores = (q @ k.transpose(-1, -2) / q.shape[-1] ** 0.5).masked_fill(~mask, float("-inf"))
+            att = scores.softmax(-1) @ v
+        else:
+            att = nn.functional.scaled_dot_product_attention(q, k, v, is_causal=True)
         return self.out(att.transpose(1, 2).reshape(b, t, WIDTH))
 
 
 class Layer(nn.Module):
-    def __init__(self, heads: int) -> None:
+    def __init__(self, heads: int, by_hand: bool = False) -> None:
         super().__init__()
         self.norm1, self.norm2 = nn.LayerNorm(WIDTH), nn.LayerNorm(WIDTH)
-        self.attn = Attention(heads)
+        self.attn = Attention(heads, by_hand)
         self.mlp = nn.Sequential(nn.Linear(WIDTH, 2 * WIDTH), nn.GELU(), nn.Linear(2 * WIDTH, WIDTH))
 
     def forward(self, h: torch.Tensor) -> torch.Tensor:
@@ -54,10 +59,10 @@ class Layer(nn.Module):
 
 
 class TinyCausalLM(nn.Module):
-    def __init__(self, heads: int = HEADS) -> None:
+    def __init__(self, heads: int = HEADS, by_hand: bool = False) -> None:
         super().__init__()
         self.embed, self.positions = nn.Embedding(VOCAB, WIDTH), nn.Embedding(SEQ, WIDTH)
-        self.layers = nn.ModuleList(Layer(heads) for _ in range(2))
+        self.layers = nn.ModuleList(Layer(heads, by_hand) for _ in range(2))
         self.head = nn.Linear(WIDTH, VOCAB)
 
     def forward(self, input_ids: torch.Tensor, position_ids: torch.Tensor | None = None,
@@ -81,6 +86,10 @@ def tiny_causal_lm() -> TinyCausalLM:
 
 def one_headed_lm() -> TinyCausalLM:
     return TinyCausalLM(heads=1)
+
+
+def hand_attention_lm() -> TinyCausalLM:
+    return TinyCausalLM(by_hand=True)
 
 
 class Tokens(torch.utils.data.Dataset):
@@ -157,6 +166,7 @@ def main(root: str, with_transformers: bool) -> None:
         train(f"{root}/sp_zero3", deepspeed=ZERO3, parallelism_config=SP)  # parameters partitioned over both ranks
         messages = {
             "heads": refused(f"{root}/odd_heads", model_init=one_headed_lm, **sp),
+            "unrouted": refused(f"{root}/unrouted", model_init=hand_attention_lm, **sp),
             "zero3_all_reduce": refused(f"{root}/zero3_all_reduce", parallelism_config=SP,
                                         deepspeed={"zero_optimization": {"stage": 3, "reduce_scatter": False}}),
         }

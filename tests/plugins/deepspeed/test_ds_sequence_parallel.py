@@ -2,8 +2,9 @@
 
 One torchrun launch of 2 gloo processes runs, in the same process group (sp_kit.main): a plain
 torch causal transformer at sp=2 under ZeRO-2 (2 accumulation micro-batches of 4) with a step-3
-checkpoint, the same run resumed from it, the same model under ZeRO-3 (8 sequences a step), a
-model whose head count does not divide by 2 (refused), and, where transformers is installed, a
+checkpoint, the same run resumed from it, the same model under ZeRO-3 (8 sequences a step), three
+refused runs (a head count that does not divide by 2, attention written by hand that SDPA routing
+never sees, ZeRO-3 without reduce-scatter), and, where transformers is installed, a
 tiny LlamaForCausalLM at sp=2 through DeepSpeed's UlyssesSPAttentionHF (ZeRO-0). Each must
 end where one process with the same global batch (8 sequences) ends, the resumed one bitwise
 where the uninterrupted one did. The rest checks what needs no process: the input split, the
@@ -66,6 +67,8 @@ def test_sp2_on_two_ranks_trains_like_one_process_and_resumes_exactly(tmp_path, 
 
     message = json.loads((tmp_path / "refused.json").read_text())["heads"]
     assert "1 attention heads" in message and "sp_size=2" in message
+    message = json.loads((tmp_path / "refused.json").read_text())["unrouted"]  # after its first micro-batch
+    assert "never reached Ulysses attention" in message and "scaled_dot_product_attention" in message
     message = json.loads((tmp_path / "refused.json").read_text())["zero3_all_reduce"]
     assert "reduce_scatter is false" in message and "ZeRO stage 2" in message
 

@@ -330,7 +330,7 @@ class DeepSpeedStrategy(ProcessGroupStrategy, NoSyncCapable):
         except (RuntimeError, KeyError, ValueError, AssertionError) as exc:
             raise CheckpointError(
                 f"{checkpoint_dir}: DeepSpeed could not load its state ({exc}); resume with the DeepSpeed config "
-                "(ZeRO stage, number of processes) the checkpoint was written with"
+                "(ZeRO stage, number of processes, parallelism_config sp_size) the checkpoint was written with"
             ) from exc
         if path is None:
             raise CheckpointError(f"{checkpoint_dir / CHECKPOINT_SUBDIR}: DeepSpeed found no checkpoint to load")
