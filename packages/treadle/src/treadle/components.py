@@ -399,9 +399,11 @@ class Strategy(ABC):
     def model_init_context(self) -> contextlib.AbstractContextManager:
         """Context the model is built in (a task function, ``model_init``).
 
-        A sharding strategy may create parameters on the meta device here and materialise them
-        shard by shard in ``setup_model``. Entered before ``setup_environment`` when it wraps a
-        ``treadle train`` task, so it must not need the process group.
+        A sharding strategy may create parameters on the meta device here (on every process
+        but the first, say, which loads the real weights) and allocate and fill only each
+        process's shards in ``setup_model``. Entered before ``setup_environment`` when it wraps
+        a ``treadle train`` task, so it must not need the process group (the launcher's
+        environment gives the rank).
         """
         return contextlib.nullcontext()
 

@@ -696,7 +696,8 @@ def fsdp_options(args):
         if config.get("xla_fsdp_grad_ckpt") and not config.get("xla"):
             yield "fsdp_config: xla_fsdp_grad_ckpt needs xla=true"
         if config.get("cpu_ram_efficient_loading") and config.get("sync_module_states") is False:
-            yield "fsdp_config: cpu_ram_efficient_loading needs sync_module_states=true, or other ranks keep random weights"
+            yield ("fsdp_config: cpu_ram_efficient_loading needs sync_module_states=true (only the first process loads "
+                   "the weights; the others receive them from it)")
     if args.sharded_ddp:
         yield "sharded_ddp: FairScale sharded DDP is not supported; use fsdp (e.g. 'shard_grad_op' or 'full_shard')"
 
