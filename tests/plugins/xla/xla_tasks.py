@@ -52,3 +52,25 @@ class Regressor(nn.Module):
 def small_regression(args) -> TaskParts:
     torch.manual_seed(args.seed)
     return TaskParts(model=Regressor(), train_dataset=Pairs(96), eval_dataset=Pairs(40, seed=1))
+
+
+def _mean_absolute_error(prediction) -> dict:
+    predictions = torch.as_tensor(prediction.predictions).reshape(-1)
+    labels = torch.as_tensor(prediction.label_ids).reshape(-1)
+    return {"mae": float((predictions - labels).abs().mean()), "count": float(labels.numel())}
+
+
+def seeded_regression(args) -> TaskParts:
+    """``small_regression`` whose weights come from a generator of its own.
+
+    Replicas that are threads of one process share torch's global generator, so a model built
+    from it depends on how the threads interleave; these weights do not, and the metrics need
+    the gathered predictions (every evaluation sample once).
+    """
+    model = Regressor()
+    generator = torch.Generator().manual_seed(args.seed)
+    with torch.no_grad():
+        for parameter in model.parameters():
+            parameter.copy_(0.3 * torch.randn(parameter.shape, generator=generator))
+    return TaskParts(model=model, train_dataset=Pairs(96), eval_dataset=Pairs(40, seed=1),
+                     compute_metrics=_mean_absolute_error)

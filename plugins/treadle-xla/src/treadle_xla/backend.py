@@ -129,15 +129,9 @@ class XlaBackend(Backend):
 
 
 def _sync() -> None:
-    import torch_xla
+    from treadle_xla.graph import cut
 
-    sync = getattr(torch_xla, "sync", None)
-    if sync is not None:
-        sync()
-    else:  # torch_xla before 2.6
-        import torch_xla.core.xla_model as xm
-
-        xm.mark_step()
+    cut()
 
 
 def metrics_report() -> str:

@@ -1,7 +1,10 @@
 """Strategies for XLA: ``xla`` (data parallel over PJRT replicas) and ``xla_fsdp`` (torch_xla's FSDP).
 
-With PJRT each process drives its own XLA device, and a run of N processes (``torch_xla.launch``
-or one process per TPU chip) is N replicas. ``xla`` keeps a full model per replica and reduces
+PJRT counts the replicas: ``torch_xla.launch`` (``python -m treadle_xla.launch``) starts one
+process per TPU chip, or on PJRT's CPU client one thread per device (``CPU_NUM_DEVICES``) in
+one process; each replica runs its own Trainer. The replicas' weights start from replica 0's
+(a broadcast at setup), the data is split by ``shard_info`` (PJRT's count and ordinal), and
+every collective goes through ``treadle_xla.graph`` (why: see there). ``xla`` keeps a full model per replica and reduces
 the gradients across replicas before they are clipped or stepped (what ``xm.optimizer_step``
 does, split so that clipping sees the reduced gradients). With one replica the reduction is
 skipped and the strategy is the single-device one on an XLA device.
@@ -20,6 +23,8 @@ from typing import Any, Optional
 import torch
 from treadle.components import Strategy
 from treadle.errors import UsageError
+
+from treadle_xla.graph import collective, cut, isolates_collectives
 
 logger = logging.getLogger("treadle.xla")
 
@@ -54,15 +59,49 @@ class XlaStrategy(Strategy):
 
         return xr.local_ordinal()
 
+    def setup_environment(self) -> None:
+        check_launcher(self.world_size)
+        super().setup_environment()
+
     # model and steps ---------------------------------------------------------------------------------
     def setup_model(self, model: torch.nn.Module) -> torch.nn.Module:
-        return model.to(self.root_device)
+        model = model.to(self.root_device)
+        if self.world_size > 1:
+            self.broadcast_weights(model)
+        return model
+
+    def broadcast_weights(self, model: torch.nn.Module) -> None:
+        """Give every replica replica 0's parameters and buffers.
+
+        Replicas that are threads of one process share torch's CPU generator, so the model each
+        one built is not the seeded one (and not the others'): without this they would train
+        apart. Each replica contributes its weights times a 1 (replica 0) or 0 (the others)
+        held as device data, not as a constant, so every replica compiles the same graph.
+        """
+        import torch_xla.core.xla_model as xm
+
+        mask = torch.tensor([1.0 if self.global_rank == 0 else 0.0]).to(self.root_device)
+        tensors = [t for t in list(model.parameters()) + list(model.buffers()) if t.is_floating_point()]
+        with torch.no_grad():
+            masked = [t * mask.to(t.dtype) for t in tensors]
+            summed = collective(lambda: [xm.all_reduce("sum", t) for t in masked])  # out of place: see graph
+            for tensor, value in zip(tensors, summed, strict=True):
+                tensor.copy_(value)
+        cut()
 
     def _reduce_gradients(self, optimizer: torch.optim.Optimizer) -> None:
         if not self._reduced and self.world_size > 1:
             import torch_xla.core.xla_model as xm
 
-            xm.reduce_gradients(optimizer)
+            if isolates_collectives():  # out of place, the gradients kept until it has run (see graph)
+                grads = [p.grad for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
+                scale = 1.0 / self.world_size
+                reduced = collective(lambda: [xm.all_reduce("sum", g, scale=scale) for g in grads])
+                with torch.no_grad():
+                    for grad, value in zip(grads, reduced, strict=True):
+                        grad.copy_(value)
+            else:  # cut right away, so that host reads of a norm compile no collective
+                collective(lambda: xm.reduce_gradients(optimizer))
         self._reduced = True
 
     def clip_grad_norm(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer, max_norm: float) -> torch.Tensor:
@@ -87,14 +126,16 @@ class XlaStrategy(Strategy):
 
         if op not in _REDUCE:
             raise UsageError(f"xla all_reduce: unknown op {op!r} (sum, mean, max, min)")
-        return xm.all_reduce(_REDUCE[op], tensor, scale=1.0 / world if op == "mean" else 1.0)
+        scale = 1.0 / world if op == "mean" else 1.0
+        return collective(lambda: xm.all_reduce(_REDUCE[op], tensor, scale=scale))
 
     def all_gather(self, tensor: torch.Tensor) -> torch.Tensor:
         if self.world_size == 1:
             return tensor
         import torch_xla.core.xla_model as xm
 
-        return xm.all_gather(tensor, dim=0)
+        # pin_layout=False: the pinned variant pads by the replica's ordinal, a different graph on each
+        return collective(lambda: xm.all_gather(tensor, dim=0, pin_layout=not isolates_collectives()))
 
     def all_gather_object(self, obj: Any) -> list[Any]:
         if self.world_size == 1:
@@ -110,10 +151,15 @@ class XlaStrategy(Strategy):
         return obj if self.world_size == 1 else self.all_gather_object(obj)[src]
 
     def barrier(self, name: str = "") -> None:
+        # an all-reduce the host waits for (xm.rendezvous would compile outside the lock)
         if self.world_size > 1:
-            import torch_xla.core.xla_model as xm
+            self.all_reduce(torch.ones(1, device=self.root_device), op="sum").cpu()
 
-            xm.rendezvous(name or "treadle")
+    def reduce_boolean_decision(self, decision: bool, all: bool = True) -> bool:
+        if self.world_size == 1:
+            return bool(decision)
+        flag = torch.tensor([int(bool(decision))], dtype=torch.int32).to(self.root_device)
+        return bool(self.all_reduce(flag, op="min" if all else "max").item())
 
     # checkpoint state: XLA tensors come back to the host in one sync ------------------------------
     def model_state_dict(self, model: torch.nn.Module) -> dict[str, torch.Tensor]:
@@ -258,6 +304,25 @@ class XlaFsdpStrategy(XlaStrategy):
             optimizer.load_state_dict(state)
 
 
+def check_launcher(replicas: int) -> None:
+    """Refuse processes a torchrun-style launcher started that PJRT does not count as replicas.
+
+    Under ``treadle train --nproc_per_node N`` (torchrun) on PJRT's CPU client, each process
+    is a client of its own with one replica: the N processes would each train alone, on the
+    same data, and write the same checkpoints.
+    """
+    import os
+
+    launched = os.environ.get("WORLD_SIZE", "1")
+    if launched.isdigit() and int(launched) > 1 and int(launched) != replicas:
+        raise UsageError(
+            f"strategy 'xla': a launcher started {launched} processes (WORLD_SIZE={launched}), but PJRT counts "
+            f"{replicas} replica(s) in this one, so they would not train together. Start XLA replicas with "
+            "torch_xla's launcher: python -m treadle_xla.launch train ... (on PJRT's CPU client, "
+            "CPU_NUM_DEVICES=N gives N replicas)"
+        )
+
+
 def rebind_parameters(optimizer: torch.optim.Optimizer, parameters: list[torch.nn.Parameter]) -> None:
     """Make ``optimizer`` step ``parameters``: all in its first group, the other groups emptied.
 
@@ -293,10 +358,8 @@ def _fsdp_class():
 
 
 def _to_cpu(value: Any) -> Any:
-    """``value`` with every XLA tensor copied to the host, after one sync of pending work."""
-    import torch_xla
-
-    getattr(torch_xla, "sync", lambda: None)()
+    """``value`` with every XLA tensor copied to the host, after one cut of pending work."""
+    cut()
     return _move(value)
 
 
