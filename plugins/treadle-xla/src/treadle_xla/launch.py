@@ -7,7 +7,8 @@ per device (``CPU_NUM_DEVICES=N``). This module hands the treadle command line t
 replica runs ``treadle <command> ...`` as the ``treadle`` console script would, and the xla
 strategy finds the replicas through PJRT.
 
-The exit status is 0 when every replica's command succeeded; a replica that fails while the
+The exit status is 0 when every replica's command succeeded, else a failing replica's (2 for
+a usage error, as with ``treadle``); a replica that fails while the
 others wait in a collective ends the whole run (XLA aborts the process after its rendezvous
 timeout), so checkpoints written before are what a resume starts from.
 """
@@ -28,7 +29,14 @@ or with PJRT_DEVICE=CPU one per device of CPU_NUM_DEVICES (threads of one proces
 
 
 class ReplicaFailed(RuntimeError):
-    """A replica's treadle command returned a non-zero exit status."""
+    """A replica's treadle command returned a non-zero exit status (``status``)."""
+
+    def __init__(self, message: str, status: int = 1) -> None:
+        super().__init__(message)
+        self.status = status
+
+    def __reduce__(self):  # crosses from the replicas' process to the launching one
+        return (type(self), (str(self), self.status))
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -40,7 +48,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         launch([words])
     except ReplicaFailed as exc:
         print(f"treadle-xla: {exc}", file=sys.stderr)
-        return 1
+        return exc.status
     except UsageProblem as exc:
         print(f"treadle-xla: {exc}", file=sys.stderr)
         return 2
@@ -76,7 +84,7 @@ def run_replica(index: int, commands: Sequence[Sequence[str]]) -> None:
     for argv in commands:
         status = treadle_main(list(argv))
         if status:
-            raise ReplicaFailed(f"replica {index}: `treadle {' '.join(argv[:1])} ...` exited with status {status}")
+            raise ReplicaFailed(f"replica {index}: `treadle {' '.join(argv[:1])} ...` exited with status {status}", status)
 
 
 if __name__ == "__main__":

@@ -180,6 +180,10 @@ class XlaFsdpStrategy(XlaStrategy):
 
     name = "xla_fsdp"
 
+    def setup_environment(self) -> None:
+        check_fsdp_replicas(self.world_size)
+        super().setup_environment()
+
     def wrap_options(self, model: torch.nn.Module) -> dict[str, Any]:
         """Keyword arguments for ``XlaFullyShardedDataParallel`` from ``fsdp_config``."""
         import functools
@@ -320,6 +324,23 @@ def check_launcher(replicas: int) -> None:
             f"{replicas} replica(s) in this one, so they would not train together. Start XLA replicas with "
             "torch_xla's launcher: python -m treadle_xla.launch train ... (on PJRT's CPU client, "
             "CPU_NUM_DEVICES=N gives N replicas)"
+        )
+
+
+def check_fsdp_replicas(replicas: int) -> None:
+    """Refuse ``xla_fsdp`` over several replicas of PJRT's CPU client.
+
+    torch_xla's FSDP all-gathers and reduce-scatters inside the step's own graph, where
+    ``treadle_xla.graph`` cannot give each collective a graph of its own; XLA:CPU's thread
+    replicas then never pair them (the run hangs until XLA aborts it).
+    """
+    from treadle_xla.graph import isolates_collectives
+
+    if replicas > 1 and isolates_collectives():
+        raise UsageError(
+            f"strategy 'xla_fsdp' over {replicas} replicas of PJRT's CPU client: torch_xla's FSDP runs its "
+            "collectives inside the step's graph, which XLA:CPU's thread replicas cannot pair. Use strategy 'xla' "
+            "(drop fsdp_config's \"xla\": true) for several CPU replicas, or one replica (CPU_NUM_DEVICES=1)"
         )
 
 
