@@ -120,16 +120,6 @@ def test_the_launcher_explains_itself_and_needs_a_device():
         assert "Traceback" not in refused.stderr
 
 
-def test_a_replicas_usage_error_is_the_launchers_exit_status():
-    """What ``treadle`` says and exits with comes through the launcher (here: xla_fsdp on 2 CPU replicas)."""
-    env = dict(os.environ, PJRT_DEVICE="CPU", CPU_NUM_DEVICES="2", TREADLE_DISABLE_PLUGIN_AUTOLOAD="")
-    done = subprocess.run([sys.executable, "-m", "treadle_xla.launch", "train", "--task", "demo", "--backend", "xla",
-                           "--max_steps", "1", "--report_to", "none", "--fsdp", "full_shard", "--fsdp_config",
-                           '{"xla": true}'], capture_output=True, text=True, env=env, timeout=180)
-    assert done.returncode == 2, done.stderr[-2000:]
-    assert "'xla_fsdp' over 2 replicas" in done.stderr and "Traceback" not in done.stderr
-
-
 def test_xla_fsdp_over_several_cpu_replicas_is_one_clear_message():
     """torch_xla's FSDP keeps its collectives inside the step's graph: XLA:CPU's threads hang on them."""
     from treadle_xla.strategy import check_fsdp_replicas
