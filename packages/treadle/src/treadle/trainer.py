@@ -104,6 +104,9 @@ _RUN_LAYOUT_FIELDS = (
 )
 """State fields that describe this run's layout: a resume keeps them instead of the saved ones."""
 
+_LEAN_STEP_REPLACES = ("_run_optimizer_step", "training_step", "_forward_backward", "compute_loss", "_prepare_inputs")
+"""The methods ``Trainer._run_lean_step`` does the work of: a subclass overriding one gets the general step."""
+
 
 @dataclass
 class TrainingPlan:
@@ -473,6 +476,33 @@ class Trainer(SeedTrainerMethods):
         # Overrides written for older signatures (without num_items_in_batch) keep working.
         self._step_takes_items = _accepts(self.training_step, "num_items_in_batch")
         self._loss_takes_items = _accepts(self.compute_loss, "num_items_in_batch")
+        self._lean_step = self._can_step_lean()
+
+    def _can_step_lean(self) -> bool:
+        """Whether ``_run_lean_step`` does all an optimizer step must do in this run.
+
+        It does: one micro-batch per step through the Trainer's own ``training_step`` /
+        ``compute_loss`` (the model's loss), and the torch calls for backward, clipping, the
+        optimizer step and zero_grad (neither strategy nor precision changes them). Anything
+        else (accumulation, counting inputs, a NaN check, a loss computed outside the model, a
+        strategy's micro-batch context, a forward context, mems, an override) takes the general
+        ``_run_optimizer_step``.
+        """
+        own = functools.partial(_overrides, self, base=Trainer)
+        return (
+            self.args.gradient_accumulation_steps == 1
+            and not self._items_across_processes
+            and not self._track_inputs
+            and self._nan_policy == "warn"
+            and self._fused_backward is None
+            and self._torch_backward and self._torch_clip and self._torch_step and self._torch_zero_grad
+            and not self._norm_after_step and not self._lr_before_step
+            and self._micro_batch is None
+            and self._forward_context is None
+            and self._past_index is None
+            and self.compute_loss_func is None and not self.args.label_smoothing_factor
+            and not any(own(name) for name in _LEAN_STEP_REPLACES)
+        )
 
     def _fused_backward_of(self, optimizer: Any, accumulating: bool) -> Optional[Callable[[torch.Tensor, float], None]]:
         """``optimizer.fused_backward`` for optimizers that update during backward (LOMO, AdaLomo).
@@ -564,18 +594,27 @@ class Trainer(SeedTrainerMethods):
         self._event("epoch_begin")
         steps_done = 0
         agree_every_step = self._stop_may_differ_per_step()
+        # Decided once per epoch: which step to run, and what the loop looks up every step. The
+        # dispatcher refreshes ``callers`` in place, so a callback added mid-epoch is still called.
+        run_step = self._run_lean_step if self._lean_step else self._run_optimizer_step
+        callers, step_end, empty_cache_every = self._events.callers, self._step_end, self._empty_cache_every
+        steps_per_epoch = plan.steps_per_epoch
         for micro_batches in _groups_of(batches, accumulation):
-            self._event("step_begin")
-            self._run_optimizer_step(micro_batches)
-            if self._step_end is not None:
-                self._step_end()
+            caller = callers["step_begin"]
+            if caller is not None:
+                caller(self, self.args, state, control, {})
+            run_step(micro_batches)
+            if step_end is not None:
+                step_end()
             step_in_epoch += 1
             steps_done += 1
             state.global_step += 1
-            state.epoch = epoch + step_in_epoch / plan.steps_per_epoch if plan.steps_per_epoch else float(epoch)
-            if self._empty_cache_every and state.global_step % self._empty_cache_every == 0:
+            state.epoch = epoch + step_in_epoch / steps_per_epoch if steps_per_epoch else float(epoch)
+            if empty_cache_every and state.global_step % empty_cache_every == 0:
                 self.backend.empty_cache()
-            self._event("step_end")
+            caller = callers["step_end"]
+            if caller is not None:
+                caller(self, self.args, state, control, {})
             if control.should_log or control.should_evaluate or control.should_save:
                 self._maybe_log_save_evaluate(ignore_keys_for_eval)
                 if self.strategy.world_size > 1:
@@ -672,6 +711,40 @@ class Trainer(SeedTrainerMethods):
             self.optimizer.zero_grad(set_to_none=True)
         else:
             self.strategy.zero_grad(self.optimizer)
+
+    def _run_lean_step(self, micro_batches: Sequence[Any]) -> None:
+        """``_run_optimizer_step`` in one frame, for runs where ``_can_step_lean`` holds.
+
+        The same operations in the same order, and the same events when someone listens; only
+        the calls and checks that cannot apply in such a run are left out (on a small model
+        they are a few percent of a step).
+        """
+        inputs = micro_batches[0]
+        if self._inputs_to_device or not isinstance(inputs, dict):
+            inputs = self._prepare_inputs(inputs)
+        model = self.model_wrapped
+        outputs = model(**inputs)
+        if isinstance(outputs, torch.Tensor) and outputs.dim() == 0:
+            loss = outputs
+        else:
+            loss = loss_from_outputs(outputs, inputs, self.label_names)
+        loss.backward()
+        self._loss_window.add(loss.detach())
+        if self._max_grad_norm is not None:
+            self._grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), self._max_grad_norm)
+        callers = self._events.callers
+        caller = callers["pre_optimizer_step"]
+        if caller is not None:
+            caller(self, self.args, self.state, self.control, {})
+        optimizer = self.optimizer
+        optimizer.step()
+        caller = callers["optimizer_step"]
+        if caller is not None:
+            caller(self, self.args, self.state, self.control, {})
+        if self._scheduler_per_step:
+            self._step_lr = optimizer.param_groups[0]["lr"]  # the rate this step used, for the log
+            self.lr_scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
 
     def _items_in_step(self, micro_batches: list[dict[str, Any]]) -> Any:
         """Items the whole accumulated batch averages over (so its loss equals one big batch's)."""
