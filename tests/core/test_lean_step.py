@@ -15,11 +15,10 @@ from pathlib import Path
 
 import pytest
 import torch
+import treadle
 from torch.nn import functional as F
 from torch.utils.data import default_collate
 from trainer_kit import Classifier, Recorder, identical_weights, make_args, make_data, weights
-
-import treadle
 from treadle import hookimpl
 from treadle.trainer import Trainer
 
@@ -42,7 +41,8 @@ def _run(trainer_cls, tmp_path, name, **overrides):
     model = Classifier()
     trainer = trainer_cls(model, args=args, train_dataset=make_data(64), callbacks=[recorder])
     trainer.train()
-    logs = [{k: v for k, v in entry.items() if "runtime" not in k and "per_second" not in k} for entry in trainer.state.log_history]
+    timing = ("runtime", "per_second")
+    logs = [{k: v for k, v in entry.items() if not any(t in k for t in timing)} for entry in trainer.state.log_history]
     return trainer, weights(model), logs, recorder.events
 
 
@@ -76,13 +76,44 @@ class OwnLoss(Trainer):
         (OwnLoss, {}, {}),
         (GeneralStep, {}, {}),
     ],
-    ids=["accumulation", "nan-check", "label-smoothing", "token-count", "compute-loss-func", "compute-loss-override", "training-step-override"],
+    ids=[
+        "accumulation", "nan-check", "label-smoothing", "token-count", "compute-loss-func", "compute-loss-override",
+        "training-step-override",
+    ],
 )
 def test_settings_the_lean_step_does_not_cover_take_the_general_step(tmp_path, trainer_cls, overrides, extra):
     trainer = trainer_cls(Classifier(), args=make_args(tmp_path, max_steps=2, **overrides), train_dataset=make_data(32), **extra)
     assert not trainer._lean_step
     trainer.train()  # and it trains
     assert trainer.state.global_step == 2
+
+
+def test_a_step_method_patched_onto_the_trainer_class_takes_the_general_step(tmp_path, monkeypatch):
+    calls = []
+    original = Trainer.compute_loss
+
+    def counted(self, *args, **kwargs):
+        calls.append(self.state.global_step)
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(Trainer, "compute_loss", counted)
+    trainer = Trainer(Classifier(), args=make_args(tmp_path, max_steps=3), train_dataset=make_data(32))
+    trainer.train()
+    assert not trainer._lean_step and calls == [0, 1, 2]
+
+
+def test_a_step_method_set_on_the_instance_takes_the_general_step(tmp_path):
+    trainer = Trainer(Classifier(), args=make_args(tmp_path, max_steps=3), train_dataset=make_data(32))
+    calls = []
+    original = trainer.training_step
+
+    def counted(model, inputs, num_items_in_batch=None):
+        calls.append(trainer.state.global_step)
+        return original(model, inputs, num_items_in_batch)
+
+    trainer.training_step = counted
+    trainer.train()
+    assert not trainer._lean_step and calls == [0, 1, 2]
 
 
 class CountingCollate:
@@ -156,7 +187,8 @@ class LogsAndRaises:
 
 def test_generated_callers_pass_event_values_and_name_the_plugin_that_raised(tmp_path):
     plugin = LogsAndRaises()
-    trainer = Trainer(Classifier(), args=make_args(tmp_path, max_steps=3, logging_strategy="steps", logging_steps=1), train_dataset=make_data(64))
+    args = make_args(tmp_path, max_steps=3, logging_strategy="steps", logging_steps=1)
+    trainer = Trainer(Classifier(), args=args, train_dataset=make_data(64))
     trainer.run_hooks.register(plugin, name="logs-and-raises")
     with pytest.raises(ValueError, match="bad log") as err:
         trainer.train()

@@ -105,7 +105,9 @@ _RUN_LAYOUT_FIELDS = (
 """State fields that describe this run's layout: a resume keeps them instead of the saved ones."""
 
 _LEAN_STEP_REPLACES = ("_run_optimizer_step", "training_step", "_forward_backward", "compute_loss", "_prepare_inputs")
-"""The methods ``Trainer._run_lean_step`` does the work of: a subclass overriding one gets the general step."""
+"""The methods ``Trainer._run_lean_step`` does the work of: a run where one of them is not the
+Trainer's own (a subclass's, one set on the instance, or one patched onto the class) gets the
+general step."""
 
 
 @dataclass
@@ -488,7 +490,7 @@ class Trainer(SeedTrainerMethods):
         strategy's micro-batch context, a forward context, mems, an override) takes the general
         ``_run_optimizer_step``.
         """
-        own = functools.partial(_overrides, self, base=Trainer)
+        cls = type(self)
         return (
             self.args.gradient_accumulation_steps == 1
             and not self._items_across_processes
@@ -501,7 +503,7 @@ class Trainer(SeedTrainerMethods):
             and self._forward_context is None
             and self._past_index is None
             and self.compute_loss_func is None and not self.args.label_smoothing_factor
-            and not any(own(name) for name in _LEAN_STEP_REPLACES)
+            and all(getattr(cls, name) is method and name not in vars(self) for name, method in _LEAN_STEP_ORIGINALS.items())
         )
 
     def _fused_backward_of(self, optimizer: Any, accumulating: bool) -> Optional[Callable[[torch.Tensor, float], None]]:
@@ -1737,5 +1739,8 @@ def _detach(value: Any) -> Any:
         return {k: _detach(v) for k, v in value.items()}
     return value
 
+
+_LEAN_STEP_ORIGINALS = {name: vars(Trainer)[name] for name in _LEAN_STEP_REPLACES}
+"""The Trainer's own step methods, as defined above (compared by identity in ``_can_step_lean``)."""
 
 __all__ = ["Trainer", "TrainingPlan", "EvalPrediction", "PredictionOutput", "TrainOutput"]
