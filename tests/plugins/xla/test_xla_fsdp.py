@@ -51,3 +51,14 @@ def test_xla_fsdp_trains_like_cpu_and_resumes_from_its_shard(tmp_path):
     resumed.train(resume_from_checkpoint=str(checkpoint))
     torch.testing.assert_close(logged(resumed, "loss"), logged(sharded, "loss")[len(logged(resumed, "loss")) * -1:],
                                rtol=1e-5, atol=1e-7)
+
+
+def test_a_model_wrapped_whole_trains_its_flattened_parameters(tmp_path):
+    """No auto-wrap: the root wrapper flattens every parameter out of the user's module, so the
+    optimizer must be built on the wrapper's parameters (the user's module has none left)."""
+    options = dict(max_steps=4, per_device_train_batch_size=16)
+    whole = dict(fsdp="full_shard", fsdp_config={"xla": True, "xla_fsdp_settings": {"flatten_parameters": True}})
+    sharded = train(small_regression, tmp_path / "whole", "xla", **whole, **options)
+    assert not any(True for _ in sharded.model.parameters())  # flattened into the wrapper
+    cpu = train(small_regression, tmp_path / "cpu", "cpu", **options)
+    torch.testing.assert_close(logged(sharded, "loss"), logged(cpu, "loss"), rtol=1e-3, atol=1e-6)

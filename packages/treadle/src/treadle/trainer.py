@@ -1405,7 +1405,7 @@ class Trainer(SeedTrainerMethods):
         A ``"params"`` key in the factory's keyword arguments replaces those parameter groups.
         """
         if self.optimizer is None:
-            model = self.model
+            model = self._optimized_module()
             groups = optim.parameter_groups(model, set(self.get_decay_parameter_names(model)), self.args.weight_decay)
             if self.optimizer_cls_and_kwargs is not None:
                 optimizer_cls, kwargs = self.optimizer_cls_and_kwargs
@@ -1415,6 +1415,16 @@ class Trainer(SeedTrainerMethods):
                 given = f"--optim {option_value(self.args.optim)} --optim_args {self.args.optim_args or ''}".rstrip()
             self.optimizer = optim.build_optimizer(optimizer_cls, kwargs, groups, given=given)
         return self.optimizer
+
+    def _optimized_module(self) -> nn.Module:
+        """The module whose parameters the optimizer steps: the user's model, unless the strategy
+        wrapped it first into a module that holds parameters the model no longer has (a wrapper
+        that flattens them, as XLA's FSDP does; DDP and FSDP2 keep the model's own parameters)."""
+        wrapper = self._strategy_module
+        if self._wrapped_for is not self.model or wrapper is self.model:
+            return self.model
+        own = {id(p) for p in self.model.parameters()}
+        return wrapper if any(id(p) not in own for p in wrapper.parameters()) else self.model
 
     @staticmethod
     def get_optimizer_cls_and_kwargs(args: Any, model: Optional[nn.Module] = None) -> tuple[type, dict[str, Any]]:
