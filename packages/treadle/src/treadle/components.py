@@ -465,6 +465,20 @@ class Strategy(ABC):
     def all_gather_object(self, obj: Any) -> list[Any]:
         return [obj]
 
+    def evaluation_gather(self, tensor: torch.Tensor) -> torch.Tensor:
+        """Concatenate ``tensor`` along dim 0 over the processes that evaluate different samples.
+
+        The same as ``all_gather`` unless blocks of processes compute on the same batch (tensor,
+        context or sequence parallel): then each block's predictions are taken once, from the
+        data-parallel group. ``all_gather`` itself always spans every process (the loop gathers
+        per-rank state with it).
+        """
+        return self.all_gather(tensor)
+
+    def evaluation_gather_object(self, obj: Any) -> list[Any]:
+        """``all_gather_object`` over the processes that evaluate different samples (see ``evaluation_gather``)."""
+        return self.all_gather_object(obj)
+
     def barrier(self, name: str = "") -> None:
         """Wait until every process reaches this point."""
 

@@ -34,6 +34,10 @@ def env_int(name: str, default: int) -> int:
 class ProcessGroupStrategy(Strategy):
     """Topology, process group and collectives of a strategy with one process per device."""
 
+    evaluation_group: Any = None
+    """The process group ``evaluation_gather`` spans: None for every process; a strategy whose
+    blocks of processes share each batch (tp / cp / sp) sets its data-parallel group here."""
+
     def __init__(self, args: Any, backend: Any, precision: Any) -> None:
         super().__init__(args, backend, precision)
         self._owns_group = False
@@ -117,6 +121,25 @@ class ProcessGroupStrategy(Strategy):
             return [obj]
         gathered: list[Any] = [None] * self._world_size
         dist.all_gather_object(gathered, obj)
+        return gathered
+
+    def evaluation_gather(self, tensor: torch.Tensor) -> torch.Tensor:
+        group = self.evaluation_group
+        if group is None:
+            return self.all_gather(tensor)
+        tensor = tensor.detach().contiguous()
+        if tensor.dim() == 0:
+            tensor = tensor.reshape(1)
+        parts = [torch.empty_like(tensor) for _ in range(dist.get_world_size(group))]
+        dist.all_gather(parts, tensor, group=group)
+        return torch.cat(parts)
+
+    def evaluation_gather_object(self, obj: Any) -> list[Any]:
+        group = self.evaluation_group
+        if group is None:
+            return self.all_gather_object(obj)
+        gathered: list[Any] = [None] * dist.get_world_size(group)
+        dist.all_gather_object(gathered, obj, group=group)
         return gathered
 
     def barrier(self, name: str = "") -> None:

@@ -115,7 +115,7 @@ def gather_across(strategy: Any, value: Any, use_gather_object: bool = False, pa
     if value is None or strategy.world_size == 1:
         return value
     if use_gather_object:
-        return _combine(strategy.all_gather_object(nested_map(_to_host, value)), pad_index)
+        return _combine(strategy.evaluation_gather_object(nested_map(_to_host, value)), pad_index)
     if isinstance(value, (tuple, list)):
         return type(value)(gather_across(strategy, v, pad_index=pad_index) for v in value)
     if isinstance(value, dict):
@@ -125,13 +125,13 @@ def gather_across(strategy: Any, value: Any, use_gather_object: bool = False, pa
 
 def _gather_padded(strategy: Any, tensor: torch.Tensor, pad_index: int) -> torch.Tensor:
     tensor = _at_least_1d(tensor)
-    shapes = strategy.all_gather(torch.tensor([tensor.shape], device=tensor.device))  # (world, ndim)
+    shapes = strategy.evaluation_gather(torch.tensor([tensor.shape], device=tensor.device))  # (replicas, ndim)
     if bool((shapes == shapes[0]).all()):
-        return strategy.all_gather(tensor)
+        return strategy.evaluation_gather(tensor)
     target = [int(n) for n in shapes.max(dim=0).values]
     padded = tensor.new_full(target, pad_index)
     padded[tuple(slice(0, n) for n in tensor.shape)] = tensor
-    chunks = strategy.all_gather(padded).split(target[0])
+    chunks = strategy.evaluation_gather(padded).split(target[0])
     return torch.cat([chunk[: int(rows)] for chunk, rows in zip(chunks, shapes[:, 0])])
 
 

@@ -74,7 +74,7 @@ class DeepSpeedStrategy(ProcessGroupStrategy, NoSyncCapable):
             raise UsageError("\n".join(problems))
         self.sequence_parallel: Any = None  # treadle_deepspeed.sequence_parallel.SequenceParallel, once joined
         self._slice_divisor = 1  # see _engine_sums_slices
-        self._dp_group: Any = None
+        self.evaluation_group: Any = None  # the data-parallel group under sp: a block evaluates each batch once
 
     # sizes (read by Trainer.get_tp_size / get_cp_size / get_sp_size) -------------------------
     @property
@@ -139,7 +139,7 @@ class DeepSpeedStrategy(ProcessGroupStrategy, NoSyncCapable):
 
             self._resolved()
             self.sequence_parallel = SequenceParallel(self.sp_size)
-            self._dp_group = data_parallel_group(self.sp_size)
+            self.evaluation_group = data_parallel_group(self.sp_size)
 
     # model, optimizer, scheduler -------------------------------------------------------------
     def creates_optimizer(self) -> bool:
@@ -335,25 +335,6 @@ class DeepSpeedStrategy(ProcessGroupStrategy, NoSyncCapable):
         if path is None:
             raise CheckpointError(f"{checkpoint_dir / CHECKPOINT_SUBDIR}: DeepSpeed found no checkpoint to load")
 
-    # evaluation gathers over the data-parallel ranks ----------------------------------------
-    def all_gather(self, tensor: torch.Tensor) -> torch.Tensor:
-        """A sequence-parallel block computes each evaluation batch once per rank: gather one copy of it."""
-        if self._dp_group is None:
-            return super().all_gather(tensor)
-        tensor = tensor.detach().contiguous()
-        if tensor.dim() == 0:
-            tensor = tensor.reshape(1)
-        parts = [torch.empty_like(tensor) for _ in range(dist.get_world_size(self._dp_group))]
-        dist.all_gather(parts, tensor, group=self._dp_group)
-        return torch.cat(parts)
-
-    def all_gather_object(self, obj: Any) -> list[Any]:
-        if self._dp_group is None:
-            return super().all_gather_object(obj)
-        gathered: list[Any] = [None] * dist.get_world_size(self._dp_group)
-        dist.all_gather_object(gathered, obj, group=self._dp_group)
-        return gathered
-
     def teardown(self) -> None:
         """Release the engine's hooks and buffers, DeepSpeed's sequence-parallel state, then the process group."""
         if self.engine is not None and hasattr(self.engine, "destroy"):
@@ -362,7 +343,7 @@ class DeepSpeedStrategy(ProcessGroupStrategy, NoSyncCapable):
             from treadle_deepspeed.sequence_parallel import forget_engine_groups
 
             forget_engine_groups(self.sequence_parallel.state, world_destroyed=self._owns_group)
-            self.sequence_parallel, self._dp_group, self._slice_divisor = None, None, 1
+            self.sequence_parallel, self.evaluation_group, self._slice_divisor = None, None, 1
         super().teardown()
 
 

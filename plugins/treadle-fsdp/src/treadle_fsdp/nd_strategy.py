@@ -30,7 +30,6 @@ import contextlib
 from typing import Any
 
 import torch
-import torch.distributed as dist
 from treadle import parallelism
 from treadle.errors import UsageError
 
@@ -52,7 +51,7 @@ class NdFsdpStrategy(FsdpStrategy):
         if problems:
             raise UsageError("\n".join(problems))
         self.device_mesh: Any = None
-        self._dp_group: Any = None
+        self.evaluation_group: Any = None  # the data-parallel group when tp x cp > 1
         self._cp_mesh: Any = None
         handler = self.layout.extra.get("cp_handler") if self.layout else None
         self._rotate = context_parallel.rotate_method(handler)
@@ -92,7 +91,7 @@ class NdFsdpStrategy(FsdpStrategy):
         mesh = init_device_mesh(self.root_device.type, layout.shape(), mesh_dim_names=parallelism.MESH_DIMS)
         self.device_mesh = mesh
         data = mesh["dp_replicate", "dp_shard"]
-        self._dp_group = data._flatten("dp").get_group() if layout.tp * layout.cp > 1 else None
+        self.evaluation_group = data._flatten("dp").get_group() if layout.tp * layout.cp > 1 else None
         if layout.cp == 1:
             return data if layout.dp_replicate > 1 else mesh["dp_shard"]
         # parameters shard over the data and cp ranks together (each cp rank holds a shard, its gradient
@@ -161,27 +160,9 @@ class NdFsdpStrategy(FsdpStrategy):
                         param.grad.mul_(factor)
         return norm
 
-    # evaluation gathers over the data-parallel group ----------------------------------------
-    def all_gather(self, tensor: torch.Tensor) -> torch.Tensor:
-        if self._dp_group is None:
-            return super().all_gather(tensor)
-        tensor = tensor.detach().contiguous()
-        if tensor.dim() == 0:
-            tensor = tensor.reshape(1)
-        parts = [torch.empty_like(tensor) for _ in range(dist.get_world_size(self._dp_group))]
-        dist.all_gather(parts, tensor, group=self._dp_group)
-        return torch.cat(parts)
-
-    def all_gather_object(self, obj: Any) -> list[Any]:
-        if self._dp_group is None:
-            return super().all_gather_object(obj)
-        gathered: list[Any] = [None] * dist.get_world_size(self._dp_group)
-        dist.all_gather_object(gathered, obj, group=self._dp_group)
-        return gathered
-
     def teardown(self) -> None:
         self.device_mesh = None
-        self._dp_group = None
+        self.evaluation_group = None
         self._cp_mesh = None
         super().teardown()
 
