@@ -53,3 +53,18 @@ def test_accelerates_config_object_is_read_by_its_fields():
     assert parallelism.as_dict(ParallelismConfig()) == {"dp_replicate_size": 1, "dp_shard_size": 2, "tp_size": 1, "cp_size": 2}
     with pytest.raises(parallelism.ParallelismError, match="expected a JSON object"):
         parallelism.as_dict(42)
+
+
+def test_a_strategys_constructor_gets_one_usage_error_naming_every_problem(tmp_path):
+    from treadle import TrainingArguments
+    from treadle.errors import UsageError
+
+    args = TrainingArguments(str(tmp_path), report_to="none", use_cpu=True, strategy="single",
+                             parallelism_config={"tp_size": 2, "sp_size": 2})
+    with pytest.raises(UsageError, match=r"tp_size=2 is not something the demo strategy can build") as info:
+        parallelism.strategy_layout(args, ("dp_shard_size", "sp_size"), "demo")
+    assert "sp_size" not in str(info.value).split("(it offers")[0]
+    assert parallelism.strategy_layout(TrainingArguments(str(tmp_path), report_to="none"), (), "demo") is None
+    with pytest.raises(UsageError, match="the world size must be a multiple of 2"):
+        parallelism.resolved(parallelism.layout({"sp_size": 2}), 3)
+    assert parallelism.resolved(parallelism.layout({"sp_size": 2}), 4).dp_shard == 2

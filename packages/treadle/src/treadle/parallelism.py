@@ -157,3 +157,28 @@ def check_arguments(args: Any, offered: tuple[str, ...] = SIZE_KEYS, strategy: s
     except ParallelismError as exc:
         return exc.problems
     return unsupported(result, offered, strategy, hint)
+
+
+def strategy_layout(args: Any, offered: tuple[str, ...], strategy: str, hint: str = "") -> Layout | None:
+    """The layout ``args.parallelism_config`` asks of ``strategy`` (None without one), for its
+    constructor: a bad value or a dimension it does not offer is a UsageError naming each problem."""
+    from treadle.errors import UsageError
+
+    try:
+        result = layout(args.load_json_field("parallelism_config"))
+    except ParallelismError as exc:
+        raise UsageError("\n".join(exc.problems)) from None
+    problems = unsupported(result, offered, strategy, hint)
+    if problems:
+        raise UsageError("\n".join(problems))
+    return result
+
+
+def resolved(result: Layout, world_size: int) -> Layout:
+    """``result`` with ``dp_shard`` filled in for ``world_size``; sizes that do not fit are a UsageError."""
+    from treadle.errors import UsageError
+
+    try:
+        return result.resolve(world_size)
+    except ParallelismError as exc:
+        raise UsageError("\n".join(exc.problems)) from None

@@ -65,13 +65,7 @@ class DeepSpeedStrategy(ProcessGroupStrategy, NoSyncCapable):
         self.engine: Any = None
         self._boundary = True
         self._pre_step_norm: Optional[torch.Tensor] = None
-        try:
-            self.layout: Optional[parallelism.Layout] = parallelism.layout(args.load_json_field("parallelism_config"))
-        except parallelism.ParallelismError as exc:
-            raise UsageError("\n".join(exc.problems)) from None
-        problems = parallelism.unsupported(self.layout, OFFERED, "deepspeed", OTHER_STRATEGY_HINT)
-        if problems:
-            raise UsageError("\n".join(problems))
+        self.layout: Optional[parallelism.Layout] = parallelism.strategy_layout(args, OFFERED, "deepspeed", OTHER_STRATEGY_HINT)
         self.sequence_parallel: Any = None  # treadle_deepspeed.sequence_parallel.SequenceParallel, once joined
         self._slice_divisor = 1  # see _engine_sums_slices
         self.evaluation_group: Any = None  # the data-parallel group under sp: a block evaluates each batch once
@@ -91,10 +85,7 @@ class DeepSpeedStrategy(ProcessGroupStrategy, NoSyncCapable):
 
     def _resolved(self) -> parallelism.Layout:
         assert self.layout is not None
-        try:
-            self.layout = self.layout.resolve(self.world_size)
-        except parallelism.ParallelismError as exc:
-            raise UsageError("\n".join(exc.problems)) from None
+        self.layout = parallelism.resolved(self.layout, self.world_size)
         return self.layout
 
     @property

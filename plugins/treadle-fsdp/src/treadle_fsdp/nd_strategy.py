@@ -43,13 +43,7 @@ class NdFsdpStrategy(FsdpStrategy):
 
     def __init__(self, args: Any, backend: Any, precision: Any) -> None:
         super().__init__(args, backend, precision)
-        try:
-            self.layout: parallelism.Layout | None = parallelism.layout(args.load_json_field("parallelism_config"))
-        except parallelism.ParallelismError as exc:
-            raise UsageError("\n".join(exc.problems)) from None
-        problems = parallelism.unsupported(self.layout, OFFERED, "fsdp", SP_HINT)
-        if problems:
-            raise UsageError("\n".join(problems))
+        self.layout: parallelism.Layout | None = parallelism.strategy_layout(args, OFFERED, "fsdp", SP_HINT)
         self.device_mesh: Any = None
         self.evaluation_group: Any = None  # the data-parallel group when tp x cp > 1
         self._cp_mesh: Any = None
@@ -71,10 +65,7 @@ class NdFsdpStrategy(FsdpStrategy):
 
     def _resolved(self) -> parallelism.Layout:
         assert self.layout is not None
-        try:
-            self.layout = self.layout.resolve(self.world_size)
-        except parallelism.ParallelismError as exc:
-            raise UsageError("\n".join(exc.problems)) from None
+        self.layout = parallelism.resolved(self.layout, self.world_size)
         return self.layout
 
     # mesh ------------------------------------------------------------------------------------
