@@ -19,41 +19,23 @@ import traceback
 import pytest
 import torch
 import torch.distributed as dist
+from test_ported_multiprocess_tokens import GlooDDP
 from torch import nn
 from torch.nn import functional as F
-from torch.nn.parallel import DistributedDataParallel
 from treadle import Trainer
 from treadle.args import TrainingArguments
-from treadle.components import MicroBatch, Strategy
+from treadle.components import MicroBatch
 
 WORLD, LENGTH, VOCAB, SAMPLES = 2, 16, 7, 8
 
 
-class SplitSequences(Strategy):
+class SplitSequences(GlooDDP):
     """DDP over the test's gloo group, every process on the same batch, each on its half of the sequence."""
 
     name = "split-sequences"
 
-    @property
-    def world_size(self) -> int:
-        return dist.get_world_size()
-
-    @property
-    def global_rank(self) -> int:
-        return dist.get_rank()
-
-    @property
-    def local_rank(self) -> int:
-        return dist.get_rank()
-
     def shard_info(self) -> tuple[int, int]:
         return 1, 0  # one data-parallel replica: the two processes share each batch
-
-    def setup_model(self, model: nn.Module) -> nn.Module:
-        return DistributedDataParallel(model.to(self.root_device))
-
-    def unwrap_model(self, model: nn.Module) -> nn.Module:
-        return model.module if isinstance(model, DistributedDataParallel) else model
 
     @contextlib.contextmanager
     def micro_batch(self, inputs):
@@ -64,14 +46,6 @@ class SplitSequences(Strategy):
             part, splits=WORLD, local_items=int((part["labels"] != -100).sum()),
             total_items=int((inputs["labels"] != -100).sum()),
         )
-
-    def all_reduce(self, tensor: torch.Tensor, op: str = "mean") -> torch.Tensor:
-        total = tensor.detach().clone()
-        dist.all_reduce(total)
-        return total / self.world_size if op == "mean" else total
-
-    def barrier(self, name: str = "") -> None:
-        dist.barrier()
 
 
 class MeanLoss(nn.Module):
