@@ -156,6 +156,24 @@ def run_ranks(world: int, target: Callable, *args: Any, plugins: str = "fsdp", t
     assert [p.exitcode for p in procs] == [0] * world
 
 
+LAUNCHER_ENV = ("WORLD_SIZE", "RANK", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "GROUP_RANK", "MASTER_ADDR", "MASTER_PORT",
+                "TORCHELASTIC_RUN_ID", "TREADLE_DISABLE_PLUGIN_AUTOLOAD")
+
+
+def cli_env(plugins: str = "fsdp") -> dict[str, str]:
+    """The environment of a ``treadle`` subprocess started from a plain shell.
+
+    Drops every variable a launcher (or an earlier in-process test) could have left, so the
+    command line never believes it already runs under torchrun; puts this folder on PYTHONPATH
+    for ``--task fsdp_kit:cli_task``.
+    """
+    env = {name: value for name, value in os.environ.items() if name not in LAUNCHER_ENV}
+    here = str(Path(__file__).resolve().parent)
+    env.update(OMP_NUM_THREADS="1", TREADLE_PLUGINS=plugins,
+               PYTHONPATH=os.pathsep.join(filter(None, [here, os.environ.get("PYTHONPATH")])))
+    return env
+
+
 def cli_task(args: Any) -> Any:
     """``--task fsdp_kit:cli_task`` for the command-line tests (built inside the strategy's model_init_context)."""
     from treadle import TaskParts

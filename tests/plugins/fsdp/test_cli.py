@@ -8,12 +8,11 @@ one-process `treadle evaluate --strategy fsdp` loads back (each rank keeping its
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
 
-from fsdp_kit import TinyNet, final_weights
+from fsdp_kit import TinyNet, cli_env, final_weights
 
 HERE = Path(__file__).resolve().parent
 TREADLE = [sys.executable, "-m", "treadle"]
@@ -21,12 +20,7 @@ COMMON = ["--task", "fsdp_kit:cli_task", "--use_cpu", "--per_device_eval_batch_s
 
 
 def _run(argv: list[str], cwd: Path) -> subprocess.CompletedProcess:
-    launched = ("WORLD_SIZE", "RANK", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT", "TORCHELASTIC_RUN_ID",
-                "TREADLE_DISABLE_PLUGIN_AUTOLOAD")
-    env = {name: value for name, value in os.environ.items() if name not in launched}
-    env.update(OMP_NUM_THREADS="1", TREADLE_PLUGINS="fsdp",
-               PYTHONPATH=os.pathsep.join(filter(None, [str(HERE), os.environ.get("PYTHONPATH")])))
-    result = subprocess.run([*TREADLE, *argv], capture_output=True, text=True, env=env, cwd=cwd, timeout=240)
+    result = subprocess.run([*TREADLE, *argv], capture_output=True, text=True, env=cli_env(), cwd=cwd, timeout=240)
     assert result.returncode == 0, f"exit {result.returncode}\n{result.stdout[-3000:]}\n{result.stderr[-6000:]}"
     return result
 

@@ -31,7 +31,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from fsdp_kit import run_ranks
+from fsdp_kit import cli_env, run_ranks
 from test_nd_parallel import _assert_close, _facts, _weights
 from test_nd_parallel import train as nd_train
 from torch import nn
@@ -324,10 +324,8 @@ def cli_task(args):
 
 
 def _treadle(argv: list[str], plugins: str, timeout: int) -> subprocess.CompletedProcess:
-    launched = ("WORLD_SIZE", "RANK", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT", "TREADLE_DISABLE_PLUGIN_AUTOLOAD")
-    env = {k: v for k, v in os.environ.items() if k not in launched}
-    env.update(OMP_NUM_THREADS="1", TREADLE_PLUGINS=plugins,
-               PYTHONPATH=os.pathsep.join(filter(None, [str(HERE), env.get("PYTHONPATH")])))
+    env = cli_env(plugins)
+    env["PYTHONPATH"] = os.pathsep.join([str(HERE), env["PYTHONPATH"]])
     return subprocess.run([sys.executable, "-m", "treadle", *argv], capture_output=True, text=True, env=env, timeout=timeout)
 
 

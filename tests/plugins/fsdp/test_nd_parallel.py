@@ -279,16 +279,15 @@ def test_sizes_that_do_not_multiply_to_the_world_size_are_named(fsdp_plugin, mon
 
 
 def test_the_command_line_refuses_an_impossible_mesh_before_starting_processes(tmp_path):
-    import os
     import subprocess
     import sys
 
-    env = {k: v for k, v in os.environ.items() if k not in ("WORLD_SIZE", "RANK", "TREADLE_DISABLE_PLUGIN_AUTOLOAD")}
-    env.update(OMP_NUM_THREADS="1", TREADLE_PLUGINS="fsdp", PYTHONPATH=str(Path(__file__).resolve().parent))
+    from fsdp_kit import cli_env
+
     result = subprocess.run(
         [sys.executable, "-m", "treadle", "train", "--nproc_per_node", "2", "--task", "fsdp_kit:cli_task", "--use_cpu",
          "--output_dir", str(tmp_path / "out"), "--parallelism_config", '{"tp_size": 3}'],
-        capture_output=True, text=True, env=env, timeout=120,
+        capture_output=True, text=True, env=cli_env(), timeout=120,
     )
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert "2 processes cannot be split into dp_replicate_size=1 x tp_size=3" in result.stderr

@@ -68,6 +68,7 @@ class DeepSpeedStrategy(ProcessGroupStrategy, NoSyncCapable):
         self.layout: Optional[parallelism.Layout] = parallelism.strategy_layout(args, OFFERED, "deepspeed", OTHER_STRATEGY_HINT)
         self.sequence_parallel: Any = None  # treadle_deepspeed.sequence_parallel.SequenceParallel, once joined
         self._slice_divisor = 1  # see _engine_sums_slices
+        self._set_local_rank = False  # whether setup_environment wrote LOCAL_RANK (teardown takes it back)
         self.evaluation_group: Any = None  # the data-parallel group under sp: a block evaluates each batch once
 
     # sizes (read by Trainer.get_tp_size / get_cp_size / get_sp_size) -------------------------
@@ -123,7 +124,9 @@ class DeepSpeedStrategy(ProcessGroupStrategy, NoSyncCapable):
             )
         super().setup_environment()
         _warn_if_build_is_stuck()
-        os.environ.setdefault("LOCAL_RANK", str(self.local_rank))  # the engine reads it (a launcher sets it)
+        if "LOCAL_RANK" not in os.environ:  # the engine reads it; a launcher sets it, a plain process does not
+            os.environ["LOCAL_RANK"] = str(self.local_rank)
+            self._set_local_rank = True
         deepspeed.init_distributed(dist_backend=dist.get_backend(), auto_mpi_discovery=False, verbose=False)
         if self.sp_size > 1 and self.sequence_parallel is None:
             from treadle_deepspeed.sequence_parallel import SequenceParallel, data_parallel_group
@@ -335,6 +338,11 @@ class DeepSpeedStrategy(ProcessGroupStrategy, NoSyncCapable):
 
             forget_engine_groups(self.sequence_parallel.state, world_destroyed=self._owns_group)
             self.sequence_parallel, self.evaluation_group, self._slice_divisor = None, None, 1
+        if self._set_local_rank:
+            # left behind, it would make this process look launched to whatever runs next in it
+            # (a second Trainer, or `treadle train --nproc_per_node` refusing to start processes)
+            os.environ.pop("LOCAL_RANK", None)
+            self._set_local_rank = False
         super().teardown()
 
 

@@ -30,6 +30,7 @@ from __future__ import annotations
 import inspect
 import json
 import math
+import os
 import re
 import subprocess
 import sys
@@ -265,6 +266,21 @@ class StrategyConformance(_TrainingConformance):
 
     def selection(self) -> dict[str, Any]:
         return {"strategy": self.name}
+
+    # what a launcher sets: a strategy that leaves one behind makes the rest of the process (a
+    # second Trainer, `treadle train --nproc_per_node`) believe it was started by torchrun
+    launcher_variables: ClassVar[tuple[str, ...]] = (
+        "RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "GROUP_RANK", "MASTER_ADDR", "MASTER_PORT",
+        "TORCHELASTIC_RUN_ID",
+    )
+
+    def test_leaves_the_launcher_environment_as_it_found_it(self, tmp_path: Path) -> None:
+        self.skip_unless_available()
+        before = {name: os.environ.get(name) for name in self.launcher_variables}
+        self.train(self.make_args(tmp_path))
+        after = {name: os.environ.get(name) for name in self.launcher_variables}
+        changed = {name: (before[name], after[name]) for name in before if before[name] != after[name]}
+        assert not changed, f"strategy {self.name!r} left launcher variables changed after teardown (before, after): {changed}"
 
     def check_training(self, trainer: Any, args: Any, tmp_path: Path) -> None:
         from treadle.checkpoint import verify_checkpoint
