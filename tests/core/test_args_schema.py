@@ -34,7 +34,7 @@ DEFAULT_EXCEPTIONS: dict[str, str] = {}
 
 # Seed types treadle represents differently on purpose: name -> reason.
 TYPE_EXCEPTIONS = {
-    "parallelism_config": "accelerate's ParallelismConfig object is not used; JSON object or path instead",
+    "parallelism_config": "a JSON object or a JSON file's path; accelerate's ParallelismConfig is read into that object",
 }
 
 # Annotations the CLI knows how to parse.

@@ -41,18 +41,51 @@ def test_a_strategy_names_the_dimensions_it_cannot_build():
     assert parallelism.unsupported(None, (), "demo") == []
 
 
-def test_accelerates_config_object_is_read_by_its_fields():
-    @dataclasses.dataclass
-    class ParallelismConfig:  # accelerate's field names
-        dp_replicate_size: int = 1
-        dp_shard_size: int = 2
-        tp_size: int = 1
-        cp_size: int = 2
-        cp_handler: object = None
+@dataclasses.dataclass
+class ContextHandler:  # accelerate's TorchContextParallelConfig
+    cp_comm_strategy: str = "alltoall"
 
-    assert parallelism.as_dict(ParallelismConfig()) == {"dp_replicate_size": 1, "dp_shard_size": 2, "tp_size": 1, "cp_size": 2}
+
+@dataclasses.dataclass
+class ParallelismConfig:  # accelerate's field names, and the defaults its __post_init__ fills in
+    dp_replicate_size: int = 1
+    dp_shard_size: int = 2
+    tp_size: int = 1
+    cp_size: int = 2
+    cp_backend: str = "torch"
+    cp_handler: object = dataclasses.field(default_factory=ContextHandler)
+    sp_size: int = 1
+    sp_backend: str = "deepspeed"
+    sp_handler: object = None
+
+
+def test_accelerates_config_object_is_read_by_its_fields():
+    assert parallelism.as_dict(ParallelismConfig()) == {
+        "dp_replicate_size": 1, "dp_shard_size": 2, "tp_size": 1, "cp_size": 2, "sp_size": 1,
+        "cp_handler": {"cp_comm_strategy": "alltoall"}, "cp_backend": "torch", "sp_backend": "deepspeed",
+    }
+    result = parallelism.layout(ParallelismConfig(), world_size=4)
+    assert result.shape() == (1, 2, 2, 1) and result.extra["cp_handler"] == {"cp_comm_strategy": "alltoall"}
     with pytest.raises(parallelism.ParallelismError, match="expected a JSON object"):
         parallelism.as_dict(42)
+
+
+def test_the_arguments_hold_the_object_as_plain_json(tmp_path):
+    """Checkpoints and reporters save the arguments as JSON: a handler object must not reach them."""
+    import json
+
+    from treadle import TrainingArguments
+
+    args = TrainingArguments(output_dir=str(tmp_path), use_cpu=True, report_to="none", parallelism_config=ParallelismConfig())
+    assert args.parallelism_config["cp_handler"] == {"cp_comm_strategy": "alltoall"}
+    assert json.loads(json.dumps(args.to_dict()))["parallelism_config"] == args.parallelism_config
+
+
+def test_another_context_parallel_backend_or_a_bad_handler_is_named():
+    with pytest.raises(parallelism.ParallelismError, match="cp_backend='ring'"):
+        parallelism.layout({"cp_size": 2, "cp_backend": "ring"})
+    with pytest.raises(parallelism.ParallelismError, match="cp_handler must be a JSON object"):
+        parallelism.layout({"cp_size": 2, "cp_handler": "alltoall"})
 
 
 def test_a_strategys_constructor_gets_one_usage_error_naming_every_problem(tmp_path):

@@ -12,7 +12,6 @@ its own tests (test_context_parallel.py).
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import logging
 import math
@@ -293,25 +292,34 @@ def test_the_command_line_refuses_an_impossible_mesh_before_starting_processes(t
     assert "2 processes cannot be split into dp_replicate_size=1 x tp_size=3" in result.stderr
     assert not (tmp_path / "out").exists()
 
-@dataclasses.dataclass
-class ParallelismConfig:
-    """The shape of accelerate's ParallelismConfig (a dataclass; accelerate is not installed here)."""
+def test_accelerates_parallelism_config_is_read_with_its_handlers(fsdp_plugin, tmp_path):
+    """accelerate's own ParallelismConfig (the plugins environment installs accelerate)."""
+    accelerate = pytest.importorskip("accelerate")
+    from accelerate.utils import TorchContextParallelConfig, TorchTensorParallelConfig
+    from treadle import TrainingArguments, parallelism
+    from treadle.config import check_arguments
+    from treadle_fsdp import context_parallel
 
-    dp_replicate_size: int = 1
-    dp_shard_size: int = 2
-    tp_size: int = 2
-    cp_size: int = 1
-    cp_handler: object = None
+    def arguments(**sizes):
+        return TrainingArguments(output_dir=str(tmp_path), use_cpu=True, report_to="none",
+                                 parallelism_config=accelerate.ParallelismConfig(**sizes))
 
-
-def test_a_parallelism_config_object_is_read_by_its_fields(fsdp_plugin, tmp_path):
-    from treadle import TrainingArguments
-    from treadle import parallelism
-
-    args = TrainingArguments(output_dir=str(tmp_path), use_cpu=True, report_to="none", parallelism_config=ParallelismConfig())
-    assert args.parallelism_config == {"dp_replicate_size": 1, "dp_shard_size": 2, "tp_size": 2, "cp_size": 1}
-    assert args.strategy == "fsdp"
+    args = arguments(dp_shard_size=2, tp_size=2)
+    assert args.strategy == "fsdp"  # the object selects the strategy, as a dict does
+    assert {k: args.parallelism_config[k] for k in ("dp_replicate_size", "dp_shard_size", "tp_size", "cp_size")} == {
+        "dp_replicate_size": 1, "dp_shard_size": 2, "tp_size": 2, "cp_size": 1}
+    assert args.parallelism_config["tp_handler"] == {"enable_async_tp": False}  # accelerate's default handler, as JSON
+    assert json.loads(json.dumps(args.to_dict()))["parallelism_config"] == args.parallelism_config
+    check_arguments(args)
     assert parallelism.layout(args.parallelism_config, world_size=4).shape() == (1, 2, 1, 2)
+
+    args = arguments(dp_shard_size=2, cp_size=2, cp_handler=TorchContextParallelConfig(cp_comm_strategy="alltoall"))
+    layout = parallelism.layout(args.parallelism_config, world_size=4)
+    assert layout.shape() == (1, 2, 2, 1) and context_parallel.rotate_method(layout.extra["cp_handler"]) == "alltoall"
+
+    args = arguments(dp_shard_size=2, tp_size=2, tp_handler=TorchTensorParallelConfig(enable_async_tp=True))
+    with pytest.raises(UsageError, match="enable_async_tp=true asks for async tensor parallel"):
+        check_arguments(args)
 
 
 def test_refused_dimensions_and_plans():

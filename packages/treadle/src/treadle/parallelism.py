@@ -18,11 +18,14 @@ Only the standard library is used, so the arguments are checked at parse time.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
 SIZE_KEYS = ("dp_replicate_size", "dp_shard_size", "tp_size", "cp_size", "sp_size")
-KNOWN_KEYS = (*SIZE_KEYS, "tp_plan", "tp_handler", "cp_handler", "sp_handler", "sp_backend")
+HANDLER_KEYS = ("tp_handler", "cp_handler", "sp_handler")
+"""accelerate's per-dimension settings objects; read as dicts of their set fields."""
+KNOWN_KEYS = (*SIZE_KEYS, "tp_plan", *HANDLER_KEYS, "cp_backend", "sp_backend")
 MESH_DIMS = ("dp_replicate", "dp_shard", "cp", "tp")
 
 
@@ -100,15 +103,42 @@ def unsupported(layout: Layout | None, offered: tuple[str, ...], strategy: str, 
     return problems
 
 
+def is_config_object(value: Any) -> bool:
+    """Whether ``value`` is accelerate's ``ParallelismConfig`` (or an object with its attribute names)."""
+    return not isinstance(value, (dict, str, type)) and value is not None and any(hasattr(value, k) for k in SIZE_KEYS)
+
+
 def as_dict(value: Any) -> dict[str, Any] | None:
-    """A dict from a dict, or from accelerate's ``ParallelismConfig`` (its attributes); None stays None."""
+    """A dict from a dict, or from accelerate's ``ParallelismConfig`` (its attributes); None stays None.
+
+    The handlers accelerate fills in (``TorchTensorParallelConfig``, ``TorchContextParallelConfig``,
+    ``DeepSpeedSequenceParallelConfig``) become dicts of their set fields, so the arguments, which
+    checkpoints and reporters save as JSON, stay plain values.
+    """
     if value is None or isinstance(value, dict):
         return value
-    if any(hasattr(value, key) for key in SIZE_KEYS):  # accelerate.ParallelismConfig, or any look-alike
-        return {key: getattr(value, key) for key in KNOWN_KEYS if getattr(value, key, None) is not None}
+    if is_config_object(value):
+        return {key: _plain(getattr(value, key)) for key in KNOWN_KEYS if getattr(value, key, None) is not None}
     raise ParallelismError([
         f"parallelism_config: expected a JSON object, a JSON file or accelerate's ParallelismConfig, got {type(value).__name__}"
     ])
+
+
+def _plain(value: Any) -> Any:
+    """JSON-ready ``value``: a settings object is the dict of its public, set attributes."""
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    if isinstance(value, (list, tuple)):
+        return [_plain(item) for item in value]
+    if isinstance(value, dict):
+        return {str(key): _plain(item) for key, item in value.items()}
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        fields = {f.name: getattr(value, f.name) for f in dataclasses.fields(value)}
+    elif hasattr(value, "__dict__"):
+        fields = dict(vars(value))
+    else:
+        return str(value)
+    return {key: _plain(item) for key, item in fields.items() if not key.startswith("_") and item is not None}
 
 
 def layout(value: Any, world_size: int | None = None) -> Layout | None:
@@ -130,6 +160,13 @@ def layout(value: Any, world_size: int | None = None) -> Layout | None:
             sizes[key] = 1
         else:
             sizes[key] = raw
+    backend = config.get("cp_backend")
+    if backend not in (None, "torch"):
+        problems.append(f"parallelism_config: cp_backend={backend!r}; context parallel runs on torch's context_parallel "
+                        "(cp_backend \"torch\", or leave it out)")
+    for key in HANDLER_KEYS:
+        if config.get(key) is not None and not isinstance(config[key], dict):
+            problems.append(f"parallelism_config: {key} must be a JSON object of its settings, got {config[key]!r}")
     plan = config.get("tp_plan")
     if plan is not None and not (isinstance(plan, dict) and all(isinstance(k, str) and isinstance(v, str) for k, v in plan.items())):
         problems.append("parallelism_config: tp_plan must map module-name patterns to styles, e.g. {\"layers.*.q\": \"colwise\"}")
@@ -137,7 +174,7 @@ def layout(value: Any, world_size: int | None = None) -> Layout | None:
     result = Layout(
         dp_replicate=sizes["dp_replicate_size"] or 1, dp_shard=sizes["dp_shard_size"], tp=sizes["tp_size"] or 1,
         cp=sizes["cp_size"] or 1, sp=sizes["sp_size"] or 1, tp_plan=plan,
-        extra={k: v for k, v in config.items() if k in ("tp_handler", "cp_handler", "sp_handler", "sp_backend")},
+        extra={k: v for k, v in config.items() if k in (*HANDLER_KEYS, "cp_backend", "sp_backend")},
     )
     if problems:
         raise ParallelismError(problems)

@@ -27,11 +27,14 @@ def treadle_register_strategies(register: Any) -> None:
 def treadle_validate_arguments(args: Any) -> list[str] | None:
     strategy = getattr(args.strategy, "value", args.strategy)
     if getattr(args, "parallelism_config", None) is not None and strategy in ("fsdp", "fsdp2", "auto", None):
-        from treadle.parallelism import check_arguments
+        from treadle.parallelism import check_arguments, layout
 
-        from treadle_fsdp.options import OFFERED, SP_HINT
+        from treadle_fsdp.options import OFFERED, SP_HINT, handler_problems
 
         problems = check_arguments(args, OFFERED, "fsdp", SP_HINT)
+        if problems:
+            return problems
+        problems = handler_problems(layout(args.load_json_field("parallelism_config")).extra)
         if problems:
             return problems
     if strategy not in ("fsdp", "fsdp2") and not args.fsdp:

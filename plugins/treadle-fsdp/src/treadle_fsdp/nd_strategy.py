@@ -34,7 +34,7 @@ from treadle import parallelism
 from treadle.errors import UsageError
 
 from treadle_fsdp import context_parallel, tensor_parallel
-from treadle_fsdp.options import OFFERED, SP_HINT
+from treadle_fsdp.options import OFFERED, SP_HINT, handler_problems
 from treadle_fsdp.strategy import FsdpStrategy, _full
 
 
@@ -47,6 +47,9 @@ class NdFsdpStrategy(FsdpStrategy):
         self.device_mesh: Any = None
         self.evaluation_group: Any = None  # the data-parallel group when tp x cp > 1
         self._cp_mesh: Any = None
+        problems = handler_problems(self.layout.extra) if self.layout else []
+        if problems:
+            raise UsageError("\n".join(problems))
         handler = self.layout.extra.get("cp_handler") if self.layout else None
         self._rotate = context_parallel.rotate_method(handler)
 

@@ -22,6 +22,22 @@ OFFERED = ("dp_replicate_size", "dp_shard_size", "tp_size", "cp_size")
 SP_HINT = ("sp_size asks for ALST/Ulysses sequence parallelism, which DeepSpeed's engine provides "
            "(--deepspeed ds_config.json with treadle-deepspeed installed)")
 
+
+
+def handler_problems(extra: dict[str, Any]) -> list[str]:
+    """Settings in ``parallelism_config``'s handlers (accelerate's names) that the fsdp strategy cannot honour.
+
+    ``extra`` is a Layout's ``extra`` (handlers as dicts). ``cp_handler`` ``cp_comm_strategy`` is
+    honoured (context_parallel.rotate_method); async tensor parallel is not built.
+    """
+    tp = extra.get("tp_handler") or {}
+    if tp.get("enable_async_tp"):
+        return ["parallelism_config: tp_handler enable_async_tp=true asks for async tensor parallel (compiled, "
+                "micro-pipelined collectives over CUDA symmetric memory), which the fsdp strategy does not build; "
+                "leave enable_async_tp false (tensor parallel then runs with torch's plain collectives)"]
+    return []
+
+
 # How each sharding mode is laid out on FSDP2: (mesh kind, reshard_after_forward).
 #   "shard": a 1-D mesh over every process; "hybrid": (nodes, processes per node), replicated
 #   across nodes and sharded within one; "replicate": (processes, 1), nothing sharded.

@@ -32,6 +32,7 @@ import warnings
 from collections.abc import Callable, Iterator
 from typing import Any, Union
 
+from treadle import parallelism
 from treadle.catalog import get_catalog
 
 # --------------------------------------------------------------------------- name tables
@@ -367,9 +368,9 @@ def normalise(args) -> list[str]:
         value = getattr(args, name)
         if value is None:
             continue
-        if name == "parallelism_config" and dataclasses.is_dataclass(value) and not isinstance(value, type):
-            # accelerate's ParallelismConfig: its set fields, so plugins read one shape
-            value = {f.name: getattr(value, f.name) for f in dataclasses.fields(value) if getattr(value, f.name) is not None}
+        if name == "parallelism_config" and parallelism.is_config_object(value):
+            # accelerate's ParallelismConfig: the dict of its set fields, so plugins read one shape
+            value = parallelism.as_dict(value)
         try:
             value = _coerce_json_dict(value, allow_path=True)
         except ValueError as exc:
