@@ -38,14 +38,22 @@ def accepts_loss_kwargs(model: Any) -> bool:
     """Whether the model normalises its loss by a ``num_items_in_batch`` it is given.
 
     A model can say so with an ``accepts_loss_kwargs`` attribute; otherwise a forward with an
-    explicit ``num_items_in_batch`` parameter counts as yes.
+    explicit ``num_items_in_batch`` parameter counts as yes, and so does a transformers model
+    whose forward takes ``**kwargs`` (transformers' rule: its loss functions read the count from
+    them). Any other model's ``**kwargs`` is left alone: passing it an unexpected keyword could
+    break a forward that forwards them elsewhere.
     """
     model = unwrap_compiled(model)
     declared = getattr(model, "accepts_loss_kwargs", None)
     if declared is not None:
         return bool(declared)
-    names, _ = forward_parameters(model)
-    return "num_items_in_batch" in names
+    names, takes_any = forward_parameters(model)
+    return "num_items_in_batch" in names or (takes_any and _is_transformers_model(model))
+
+
+def _is_transformers_model(model: Any) -> bool:
+    """A transformers PreTrainedModel (a user's subclass too), recognised without importing transformers."""
+    return any(c.__name__ == "PreTrainedModel" and c.__module__.startswith("transformers.") for c in type(model).__mro__)
 
 
 def main_input_name(model: Any, inputs: Mapping[str, Any]) -> Optional[str]:
@@ -159,27 +167,77 @@ def logits_of(outputs: Any) -> torch.Tensor:
     return logits
 
 
-def label_smoothed_loss(outputs: Any, labels: torch.Tensor, epsilon: float) -> torch.Tensor:
+def loss_shifts_labels(model: Any) -> bool:
+    """Whether the model's own loss scores position ``t`` against label ``t + 1`` (a causal LM).
+
+    transformers' decoder-only language models take ``labels`` equal to their inputs and shift
+    them inside the loss (``ForCausalLMLoss``, chosen by the model's ``loss_type``), so label
+    position 0 is never a target. Counting items and smoothing labels must shift the same way.
+    Decided without importing transformers: a model of it has already loaded it.
+    """
+    import sys
+
+    model = unwrap_compiled(model)
+    base = getattr(model, "get_base_model", None)  # a PEFT wrapper: its base model's loss
+    if callable(base):
+        model = base()
+    losses = sys.modules.get("transformers.loss.loss_utils")
+    if losses is None or not hasattr(model, "loss_type"):
+        return False
+    if getattr(getattr(model, "config", None), "is_encoder_decoder", False):
+        return False  # a decoder's labels are its targets already (seq2seq)
+    causal = getattr(losses, "ForCausalLMLoss", None)
+    if causal is not None and getattr(losses, "LOSS_MAPPING", {}).get(model.loss_type) is causal:
+        return True
+    # a class name that names no loss (GPT2LMHeadModel: loss_type None) falls back to the causal
+    # loss in transformers; it is a causal LM when the auto classes list it as one
+    try:
+        from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
+    except ImportError:
+        return False
+    names = {name for value in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES.values()
+             for name in (value if isinstance(value, (list, tuple)) else (value,))}
+    return model.loss_type is None and type(model).__name__ in names
+
+
+def label_smoothed_loss(outputs: Any, labels: torch.Tensor, epsilon: float, shifted: bool = False) -> torch.Tensor:
     """Cross entropy against labels mixed with the uniform distribution (``label_smoothing_factor``).
 
     The target of the true class becomes ``1 - epsilon + epsilon / num_classes`` and every
-    other class ``epsilon / num_classes``; positions labelled -100 are ignored.
+    other class ``epsilon / num_classes``; positions labelled -100 are ignored. ``shifted``
+    (a causal LM, ``loss_shifts_labels``): the logits at ``t`` predict label ``t + 1``.
     """
     logits = logits_of(outputs)
+    if shifted:
+        logits, labels = logits[..., :-1, :], labels[..., 1:]
     num_classes = logits.shape[-1]
     return torch.nn.functional.cross_entropy(
         logits.reshape(-1, num_classes).float(), labels.reshape(-1), ignore_index=IGNORE_INDEX, label_smoothing=epsilon
     )
 
 
-def count_items(inputs: Mapping[str, Any], label_names: Sequence[str]) -> Any:
+def count_items(inputs: Mapping[str, Any], label_names: Sequence[str], shifted: bool = False) -> Any:
     """How many items a micro-batch's mean loss averages over (an int or a 0-dim tensor).
 
     Integer labels count their positions that are not -100 (tokens in a language model,
     samples in a classifier); float labels count their elements; without labels, the batch size.
-    Used to weight micro-batches so that an accumulated step equals one big batch.
+    A batch's ``shift_labels`` (a padding-free collator's) are counted as they are; otherwise a
+    model whose loss shifts its labels (``shifted``) has no target at position 0, which is left
+    out. Used to weight micro-batches so that an accumulated step equals one big batch, and as
+    ``num_items_in_batch``.
     """
+    given = inputs.get("shift_labels")
+    if isinstance(given, torch.Tensor) and not given.is_floating_point():
+        return (given != IGNORE_INDEX).sum()
     for name in label_names:
+        labels = inputs.get(name)
+        if isinstance(labels, torch.Tensor):
+            if labels.is_floating_point():
+                return labels.numel()
+            if shifted:
+                labels = labels[..., 1:]
+            return (labels != IGNORE_INDEX).sum()
+    for value in inputs.values():
         labels = inputs.get(name)
         if isinstance(labels, torch.Tensor):
             if labels.is_floating_point():

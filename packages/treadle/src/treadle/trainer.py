@@ -82,6 +82,7 @@ from treadle.model_io import (
     find_label_names,
     label_smoothed_loss,
     loss_from_outputs,
+    loss_shifts_labels,
     main_input_name,
     neftune_hook,
     split_outputs,
@@ -239,6 +240,7 @@ class Trainer(SeedTrainerMethods):
         if not hasattr(self, "model_accepts_loss_kwargs") or self.model_accepts_loss_kwargs is None:
             self.model_accepts_loss_kwargs = accepts_loss_kwargs(model)
         self._input_mapper = InputMapper(model)
+        self._labels_shift = loss_shifts_labels(model)  # a causal LM: label position 0 is never a target
         self._set_device(self.strategy.root_device)
         if getattr(self, "_overflow_detector", None) is not None:
             self._overflow_detector.remove()
@@ -750,7 +752,7 @@ class Trainer(SeedTrainerMethods):
 
     def _items_in_step(self, micro_batches: list[dict[str, Any]]) -> Any:
         """Items the whole accumulated batch averages over (so its loss equals one big batch's)."""
-        total = sum(count_items(b, self.label_names) for b in micro_batches)
+        total = sum(count_items(b, self.label_names, self._labels_shift) for b in micro_batches)
         if self._average_tokens and (self.model_accepts_loss_kwargs or self.compute_loss_func is not None):
             total = self.strategy.all_reduce(torch.as_tensor(total, device=self._device), op="sum")
             if self._batch_sharers > 1:  # each batch was counted once per process of its block
@@ -1141,7 +1143,7 @@ class Trainer(SeedTrainerMethods):
         inputs = self._prepare_inputs(inputs)
         share = None
         if num_items_in_batch is not None and self._weight_micro_batches:
-            share = count_items(inputs, self.label_names) / num_items_in_batch
+            share = count_items(inputs, self.label_names, self._labels_shift) / num_items_in_batch
         if self._micro_batch is not None:  # the strategy splits the micro-batch (its context spans backward)
             with self._micro_batch(inputs) as part:
                 return self._forward_backward(model, part.inputs, num_items_in_batch, share, part)
@@ -1196,7 +1198,7 @@ class Trainer(SeedTrainerMethods):
         if labels is not None and self.compute_loss_func is not None:
             loss = self.compute_loss_func(outputs, labels, num_items_in_batch=num_items_in_batch)
         elif labels is not None:
-            loss = label_smoothed_loss(outputs, labels, self.args.label_smoothing_factor)
+            loss = label_smoothed_loss(outputs, labels, self.args.label_smoothing_factor, self._labels_shift)
         elif isinstance(outputs, torch.Tensor) and outputs.dim() == 0:
             loss = outputs  # the common case, decided without a call (this runs every micro-batch)
         else:
@@ -1206,7 +1208,7 @@ class Trainer(SeedTrainerMethods):
     def _compute_eval_loss(self, model: nn.Module, inputs: dict[str, Any]) -> tuple[torch.Tensor, Any]:
         if self._loss_takes_items and not self._weight_micro_batches:
             # a loss normalised by num_items_in_batch needs the count of this batch
-            items = count_items(inputs, self.label_names)
+            items = count_items(inputs, self.label_names, self._labels_shift)
             return self.compute_loss(model, inputs, return_outputs=True, num_items_in_batch=items)
         return self.compute_loss(model, inputs, return_outputs=True)
 
