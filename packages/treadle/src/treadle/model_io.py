@@ -182,12 +182,13 @@ def loss_shifts_labels(model: Any) -> bool:
     if callable(base):
         model = base()
     losses = sys.modules.get("transformers.loss.loss_utils")
-    if losses is None or not hasattr(model, "loss_type"):
+    if losses is None or not _is_transformers_model(model):
         return False
     if getattr(getattr(model, "config", None), "is_encoder_decoder", False):
         return False  # a decoder's labels are its targets already (seq2seq)
     causal = getattr(losses, "ForCausalLMLoss", None)
-    if causal is not None and getattr(losses, "LOSS_MAPPING", {}).get(model.loss_type) is causal:
+    loss_type = getattr(model, "loss_type", None)
+    if causal is not None and getattr(losses, "LOSS_MAPPING", {}).get(loss_type) is causal:
         return True
     # a class name that names no loss (GPT2LMHeadModel: loss_type None) falls back to the causal
     # loss in transformers; it is a causal LM when the auto classes list it as one
@@ -197,7 +198,7 @@ def loss_shifts_labels(model: Any) -> bool:
         return False
     names = {name for value in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES.values()
              for name in (value if isinstance(value, (list, tuple)) else (value,))}
-    return model.loss_type is None and type(model).__name__ in names
+    return loss_type is None and type(model).__name__ in names
 
 
 def label_smoothed_loss(outputs: Any, labels: torch.Tensor, epsilon: float, shifted: bool = False) -> torch.Tensor:
