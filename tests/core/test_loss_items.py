@@ -61,3 +61,7 @@ def test_the_rule_holds_with_transformers_loaded_too(monkeypatch):
     losses.LOSS_MAPPING = {"ForCausalLM": losses.ForCausalLMLoss}
     monkeypatch.setitem(sys.modules, losses.__name__, losses)
     assert not loss_shifts_labels(KwargsModel())
+
+
+def test_a_batch_without_label_names_counts_its_rows():
+    assert count_items({"x": torch.zeros(5, 2), "labels": torch.ones(5, dtype=torch.long)}, []) == 5

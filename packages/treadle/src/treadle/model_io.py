@@ -239,12 +239,6 @@ def count_items(inputs: Mapping[str, Any], label_names: Sequence[str], shifted: 
                 labels = labels[..., 1:]
             return (labels != IGNORE_INDEX).sum()
     for value in inputs.values():
-        labels = inputs.get(name)
-        if isinstance(labels, torch.Tensor):
-            if labels.is_floating_point():
-                return labels.numel()
-            return (labels != IGNORE_INDEX).sum()
-    for value in inputs.values():
         if isinstance(value, torch.Tensor) and value.dim() > 0:
             return value.shape[0]
     return 1
