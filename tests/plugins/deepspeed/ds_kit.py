@@ -38,8 +38,10 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def run(argv: list[str], *, extensions: Path, plugins: str = "deepspeed", timeout: float = 420) -> subprocess.CompletedProcess:
-    """One command in a clean environment: not inside a launcher, only ``plugins`` loaded."""
+def run(
+    argv: list[str], *, extensions: Path, plugins: str = "deepspeed", timeout: float = 420, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess:
+    """One command in a clean environment: not inside a launcher, only ``plugins`` loaded (plus ``env``)."""
     environ = {name: value for name, value in os.environ.items() if name not in _LAUNCHED}
     path = os.pathsep.join(filter(None, [str(HERE), os.environ.get("PYTHONPATH")]))
     bin_dir = str(Path(sys.executable).parent)  # the deepspeed launcher and its children find this python
@@ -48,6 +50,7 @@ def run(argv: list[str], *, extensions: Path, plugins: str = "deepspeed", timeou
         PATH=os.pathsep.join([bin_dir, environ.get("PATH", "")]),
     )
     environ.setdefault("TORCH_EXTENSIONS_DIR", str(extensions))
+    environ.update(env or {})
     return subprocess.run([str(a) for a in argv], capture_output=True, text=True, timeout=timeout, env=environ)
 
 
@@ -57,10 +60,12 @@ def ok(result: subprocess.CompletedProcess) -> subprocess.CompletedProcess:
 
 
 def train(
-    tmp: Path, name: str, *options: Any, launcher: list[str] = TREADLE, extensions: Path, plugins: str = "deepspeed"
+    tmp: Path, name: str, *options: Any, launcher: list[str] = TREADLE, extensions: Path, plugins: str = "deepspeed",
+    env: dict[str, str] | None = None,
 ) -> Path:
     output_dir = tmp / name
-    ok(run([*launcher, "train", *COMMON, *options, "--output_dir", output_dir], extensions=extensions, plugins=plugins))
+    ok(run([*launcher, "train", *COMMON, *options, "--output_dir", output_dir], extensions=extensions, plugins=plugins,
+           env=env))
     return output_dir
 
 

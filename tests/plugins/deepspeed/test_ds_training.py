@@ -9,6 +9,8 @@ A ZeRO-3 run resumed from its middle checkpoint ends bitwise where the uninterru
 from __future__ import annotations
 
 import importlib.util
+import json
+import math
 
 import pytest
 import torch
@@ -49,6 +51,55 @@ def test_zero2_and_zero3_on_two_ranks_train_like_one_process_and_ddp(tmp_path, e
         ddp = train(tmp_path, "ddp", "--per_device_train_batch_size", "8", launcher=torchrun(), plugins="ddp",
                     extensions=extensions)
         assert_same_weights(zero3, ddp)
+
+
+def _built(output_dir) -> list[dict]:
+    return [json.loads((output_dir / f"built-rank{rank}.json").read_text()) for rank in (0, 1)]
+
+
+def test_zero3_builds_the_model_partitioned_and_trains_as_when_built_whole(tmp_path, extensions):
+    """deepspeed.zero.Init around the task: each rank holds half of every parameter from the start."""
+    config = config_file(tmp_path, "zero3", ZERO3)
+    common = ("--task", "ds_task:build_recorded", "--deepspeed", config, "--per_device_train_batch_size", "8")
+    partitioned = train(tmp_path, "partitioned", *common, launcher=torchrun(), extensions=extensions)
+    whole = train(tmp_path, "whole", *common, "--deepspeed_zero3_init", "false", launcher=torchrun(), extensions=extensions)
+    built, full = _built(partitioned), _built(whole)
+    assert all(rank["numel"] == 0 and rank["ds_numel"] > 0 for rank in built), built  # only partitions were allocated
+    assert all(rank["numel"] == built[0]["ds_numel"] and rank["ds_numel"] is None for rank in full), full
+    assert_same_weights(partitioned, whole)
+    assert logged(partitioned, "loss") == pytest.approx(logged(whole, "loss"), rel=1e-5)
+
+
+def test_a_model_that_cannot_be_built_partitioned_is_one_message(tmp_path, extensions):
+    from ds_kit import COMMON, run
+
+    result = run([*TREADLE, "train", *COMMON, "--task", "ds_task:reads_weights_while_building",
+                  "--deepspeed", config_file(tmp_path, "zero3", ZERO3), "--output_dir", tmp_path / "out"], extensions=extensions)
+    assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr[-3000:]
+    assert "building the model under ZeRO-3's deepspeed.zero.Init failed" in result.stderr
+    assert "--deepspeed_zero3_init false" in result.stderr
+
+
+@pytest.mark.skipif(importlib.util.find_spec("transformers") is None or importlib.util.find_spec("accelerate") is None,
+                    reason="needs transformers and accelerate (its DeepSpeed integration)")
+def test_from_pretrained_loads_into_zero3_partitions(tmp_path, extensions):
+    """transformers is told the run is ZeRO-3, so from_pretrained fills each rank's partitions with the checkpoint."""
+    from sp_kit import tiny_llama
+    from transformers import LlamaForCausalLM
+
+    torch.manual_seed(3)
+    tiny_llama().save_pretrained(tmp_path / "pretrained")
+    expected = sum(float(p.detach().double().sum()) for p in LlamaForCausalLM.from_pretrained(tmp_path / "pretrained").parameters())
+    out = train(tmp_path, "llama", "--task", "ds_task:pretrained_llama", "--deepspeed", config_file(tmp_path, "z3", ZERO3),
+                "--per_device_train_batch_size", "4", "--max_steps", "2", launcher=torchrun(), extensions=extensions,
+                env={"DS_TEST_PRETRAINED": str(tmp_path / "pretrained")})
+    for rank in _built(out):
+        assert rank["numel"] == 0 and rank["zero3_flag"] is True
+        assert rank["weight_sum"] == pytest.approx(expected, rel=1e-9)
+    losses = logged(out, "loss")
+    assert losses and all(math.isfinite(loss) for loss in losses)
+    saved, reference = weights(out), LlamaForCausalLM.from_pretrained(tmp_path / "pretrained").state_dict()
+    assert saved and {k: v.shape for k, v in saved.items()} == {k: reference[k].shape for k in saved}  # gathered whole
 
 
 def test_zero3_resumes_exactly_from_its_pickled_engine_state(tmp_path, extensions):

@@ -402,8 +402,10 @@ class Strategy(ABC):
         A sharding strategy may create parameters on the meta device here (on every process
         but the first, say, which loads the real weights) and allocate and fill only each
         process's shards in ``setup_model``. Entered before ``setup_environment`` when it wraps
-        a ``treadle train`` task, so it must not need the process group (the launcher's
-        environment gives the rank).
+        a ``treadle train`` task: a strategy that needs the process group here (to partition
+        parameters as they are created, as DeepSpeed's ZeRO-3 does) calls ``setup_environment``
+        itself, which must then be safe to call again; otherwise the launcher's environment
+        gives the rank.
         """
         return contextlib.nullcontext()
 

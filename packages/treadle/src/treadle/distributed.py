@@ -70,8 +70,10 @@ class ProcessGroupStrategy(Strategy):
         """Pick the device, then join the process group (or adopt one that is already there)."""
         if self.root_device is None:
             self.root_device = self.backend.setup_device(self.local_rank)
-        if dist.is_initialized():  # started by the caller, or by args.main_process_first in the task
-            self._owns_group = bool(vars(self.args).get("process_group_started_by_treadle"))
+        if dist.is_initialized():
+            # started by this strategy already (a second call: model_init_context may join early),
+            # by the caller, or by args.main_process_first in the task
+            self._owns_group = self._owns_group or bool(vars(self.args).get("process_group_started_by_treadle"))
         else:
             self._init_process_group()
             self._owns_group = True

@@ -21,6 +21,14 @@ def _selected(args: Any) -> bool:
 
 
 @hookimpl
+def treadle_add_arguments(schema: Any) -> None:
+    schema.add("deepspeed_zero3_init", type=bool, default=True,
+               help="under ZeRO-3, build the model inside deepspeed.zero.Init so that no process ever holds all of it "
+                    "(transformers' from_pretrained loads into the partitions); false builds it whole on every process "
+                    "first, for code that edits weights right after building them")
+
+
+@hookimpl
 def treadle_register_strategies(register: Any) -> None:
     register(
         "deepspeed",

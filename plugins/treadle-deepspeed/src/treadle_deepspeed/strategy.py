@@ -26,6 +26,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import sys
 from pathlib import Path
 from typing import Any, Iterator, Optional
 
@@ -69,6 +70,7 @@ class DeepSpeedStrategy(ProcessGroupStrategy, NoSyncCapable):
         self.sequence_parallel: Any = None  # treadle_deepspeed.sequence_parallel.SequenceParallel, once joined
         self._slice_divisor = 1  # see _engine_sums_slices
         self._set_local_rank = False  # whether setup_environment wrote LOCAL_RANK (teardown takes it back)
+        self._transformers_zero3: Any = None  # zero_init.TransformersZero3 under ZeRO-3, released at teardown
         self.evaluation_group: Any = None  # the data-parallel group under sp: a block evaluates each batch once
 
     # sizes (read by Trainer.get_tp_size / get_cp_size / get_sp_size) -------------------------
@@ -136,6 +138,30 @@ class DeepSpeedStrategy(ProcessGroupStrategy, NoSyncCapable):
             self.evaluation_group = data_parallel_group(self.sp_size)
 
     # model, optimizer, scheduler -------------------------------------------------------------
+    def model_init_context(self) -> contextlib.AbstractContextManager:
+        """ZeRO-3: the model is built partitioned, never whole on a process (``treadle_deepspeed.zero_init``);
+        the process group is joined first, since ``zero.Init`` partitions over it. Otherwise as its code says."""
+        if self.stage != 3 or getattr(self.args, "deepspeed_zero3_init", True) is False:
+            return contextlib.nullcontext()
+        from treadle_deepspeed import zero_init
+
+        self.setup_environment()
+        config = engine_config(
+            zero_init.without_optimizer(self.config), self.args, precision=option_value(self.args.precision),
+            hidden_size=None, num_training_steps=None, client_optimizer=False, world_size=self.data_parallel_size,
+        )
+        self._tell_transformers(config)
+        # under sequence parallel the batch is counted per block and ZeRO partitions over every rank, as the engine's mpu says
+        state = self.sequence_parallel.state if self.sequence_parallel is not None else None
+        return zero_init.partitioned_construction(config, self._transformers_zero3, state)
+
+    def _tell_transformers(self, config: dict[str, Any]) -> None:
+        """Hold transformers' ZeRO-3 flag from the first use on (loading into partitions, ``generate``'s sync)."""
+        if self.stage == 3 and self._transformers_zero3 is None:
+            from treadle_deepspeed.zero_init import TransformersZero3
+
+            self._transformers_zero3 = TransformersZero3(config)
+
     def creates_optimizer(self) -> bool:
         return isinstance(self.config.get("optimizer"), dict)
 
@@ -161,6 +187,8 @@ class DeepSpeedStrategy(ProcessGroupStrategy, NoSyncCapable):
             hidden_size=_hidden_size(model), num_training_steps=self._num_training_steps(),
             client_optimizer=optimizer is not None, world_size=self.data_parallel_size,
         )
+        if "transformers" in sys.modules:  # a transformers model: generate() must know the weights are partitioned
+            self._tell_transformers(config)
         mpu = None
         if self.sequence_parallel is not None:
             self.sequence_parallel.attach(model)  # refuses a model Ulysses would compute wrongly
@@ -338,6 +366,9 @@ class DeepSpeedStrategy(ProcessGroupStrategy, NoSyncCapable):
 
             forget_engine_groups(self.sequence_parallel.state, world_destroyed=self._owns_group)
             self.sequence_parallel, self.evaluation_group, self._slice_divisor = None, None, 1
+        if self._transformers_zero3 is not None:
+            self._transformers_zero3.release()
+            self._transformers_zero3 = None
         if self._set_local_rank:
             # left behind, it would make this process look launched to whatever runs next in it
             # (a second Trainer, or `treadle train --nproc_per_node` refusing to start processes)
