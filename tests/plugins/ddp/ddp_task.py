@@ -153,3 +153,40 @@ def build_with_shared_cache(args: Any) -> TaskParts:
         elif not os.path.exists(marker):
             raise RuntimeError("main_process_first let a replica in before the main process finished")
     return build(args)
+
+
+class Rows(torch.utils.data.Dataset):
+    """Token rows of 2-12 tokens for a causal LM: the ranks of one step hold different numbers of targets."""
+
+    def __init__(self, size: int, seed: int) -> None:
+        generator = torch.Generator().manual_seed(seed)
+        lengths = torch.randint(2, 13, (size,), generator=generator)
+        self.samples = [torch.randint(1, VOCAB, (int(n),), generator=generator) for n in lengths]
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        return {"input_ids": self.samples[index], "labels": self.samples[index]}
+
+
+def pad_rows(features: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
+    width = max(len(f["input_ids"]) for f in features)
+    ids = torch.zeros(len(features), width, dtype=torch.long)
+    labels = torch.full((len(features), width), -100, dtype=torch.long)
+    for row, feature in enumerate(features):
+        ids[row, : len(feature["input_ids"])] = feature["input_ids"]
+        labels[row, : len(feature["labels"])] = feature["labels"]
+    return {"input_ids": ids, "attention_mask": (labels != -100).long(), "labels": labels}
+
+
+def causal_lm(args: Any) -> TaskParts:
+    """A tiny transformers GPT-2 without dropout: its forward takes **kwargs, so it is given num_items_in_batch."""
+    import transformers
+
+    config = transformers.GPT2Config(vocab_size=VOCAB, n_positions=16, n_embd=16, n_layer=1, n_head=2,
+                                     resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(args.seed)
+        model = transformers.GPT2LMHeadModel(config)
+    return TaskParts(model=model, train_dataset=Rows(64, args.seed), data_collator=pad_rows)

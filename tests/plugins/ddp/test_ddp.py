@@ -9,6 +9,7 @@ evaluation outputs, within float tolerance (the sums are added in another order)
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import json
 import os
 import re
@@ -113,6 +114,23 @@ def test_nproc_per_node_trains_like_one_process(one_process, tmp_path):
     assert (cache / "level-0").read_text() == "INFO" and (cache / "level-1").read_text() == "ERROR"
     manifest = json.loads((output_dir / "checkpoint-4" / "manifest.json").read_text())
     assert manifest["world_size"] == 2 and manifest["strategy"] == "ddp"
+
+
+@pytest.mark.skipif(importlib.util.find_spec("transformers") is None, reason="needs transformers")
+def test_a_transformers_causal_lm_is_normalised_over_every_ranks_targets(tmp_path):
+    """GPT-2 on 2 ranks whose batches hold different numbers of targets: with average_tokens_across_devices
+    its loss is divided by the targets of both ranks (counted over labels[..., 1:]), so the run ends
+    where one process with both ranks' rows does."""
+    argv = ["--task", "ddp_task:causal_lm", "--max_steps", "3", "--optim", "sgd", "--learning_rate", "0.5",
+            "--logging_steps", "1", "--save_strategy", "no", "--disable_tqdm", "--seed", "7"]
+    one, two = tmp_path / "one", tmp_path / "two"
+    ok(run([*TREADLE, "train", *argv, "--per_device_train_batch_size", "8", "--output_dir", str(one)]))
+    ok(run([*TREADLE, "train", "--nproc_per_node", "2", *argv, "--per_device_train_batch_size", "4",
+            "--output_dir", str(two)]))
+    got, expected = weights(two), weights(one)
+    for name in expected:
+        torch.testing.assert_close(got[name], expected[name], rtol=1e-5, atol=1e-6, msg=name)
+    assert train_losses(two) == pytest.approx(train_losses(one), rel=1e-5)
 
 
 def test_torchrun_with_accumulation_and_gather_object(one_process, tmp_path):
