@@ -277,6 +277,38 @@ def test_a_transformers_causal_lm_gets_what_ring_attention_needs(monkeypatch):
     context_parallel.check_model(PositionWiseLM())  # not a transformers model: trusted
 
 
+def test_right_padding_of_a_transformers_causal_lm_is_exact_without_the_mask():
+    """A causal LM's real tokens never attend to later (padded) positions: the padding may stay in
+    the batch with its labels at -100 and a mask of ones, which ring attention can compute."""
+    pytest.importorskip("transformers")
+    from test_nd_parallel import tiny_llama
+    from treadle.model_io import loss_shifts_labels
+    from treadle_fsdp import context_parallel
+
+    model = tiny_llama().eval()
+    assert loss_shifts_labels(model)
+    ids = torch.randint(1, VOCAB, (2, SEQ), generator=torch.Generator().manual_seed(2))
+    mask = torch.ones(2, SEQ, dtype=torch.long)
+    mask[1, 5:] = 0  # the second row has 5 real tokens, then padding
+    labels = ids.masked_fill(mask == 0, -100)
+    batch = {"input_ids": ids, "attention_mask": mask, "labels": ids.clone()}  # a collator that left pad labels in
+    context_parallel.check(batch, SEQ, 2, causal=True)
+    whole = context_parallel.complete(batch, model, SEQ)
+    assert bool((whole["attention_mask"] == 1).all())
+    assert torch.equal(whole["labels"], labels) and bool((whole["shift_labels"][1, 4:] == -100).all())
+    with torch.no_grad():
+        expected = model(input_ids=ids, attention_mask=mask, labels=labels).loss  # transformers' own padding mask
+        got = model(**{**whole, "use_cache": False}).loss
+    torch.testing.assert_close(got, expected)
+
+    left = torch.ones(2, SEQ, dtype=torch.long)
+    left[0, :3] = 0
+    with pytest.raises(UsageError, match="padding_side='right'"):
+        context_parallel.check({"input_ids": ids, "attention_mask": left}, SEQ, 2, causal=True)
+    with pytest.raises(UsageError, match="transformers causal LMs only"):
+        context_parallel.check(batch, SEQ, 2, causal=False)  # a model that may attend both ways
+
+
 def test_what_ring_attention_cannot_compute_is_refused_with_the_fix():
     from treadle_fsdp import context_parallel
 

@@ -26,10 +26,14 @@ The rules a micro-batch follows here, and why:
   sequence and split with it. A model that takes only ``labels`` must take them aligned with
   its outputs (label ``t`` is the target of position ``t``); one that shifts internally and
   offers no ``shift_labels`` trains on misaligned targets under cp, which nothing here can see.
-* **No masks.** Torch's ring attention computes causal or full attention, nothing else, so an
-  ``attention_mask`` must be absent or all ones (padding has to be avoided: pack sequences
-  to a fixed length); a mask with zeros is refused with a message, not silently ignored.
-  When a transformers model gets no mask, a mask of ones is added: given ``position_ids``
+* **No masks, but right padding.** Torch's ring attention computes causal or full attention,
+  nothing else, so an ``attention_mask`` with zeros cannot be passed on. Padding on the right
+  of a causal LM needs no mask: no real token attends to a later position, so the padding
+  changes only the outputs at padded positions, whose labels are set to -100 here (and the
+  mask becomes ones). For a transformers causal LM (``treadle.model_io.loss_shifts_labels``)
+  right padding is therefore accepted; any other zeros (left padding, a model that may attend
+  both ways, a custom mask) are refused with a message, not silently ignored (pack sequences
+  to a fixed length instead). When a transformers model gets no mask, a mask of ones is added: given ``position_ids``
   but no mask, it reads packed sequences from every jump in the positions, and a
   load-balanced slice (positions 0, 1, 6, 7 on rank 0 of 2) has such jumps, so it would build
   an explicit block mask that ring attention cannot take; with a mask of ones it calls SDPA
@@ -62,6 +66,7 @@ from typing import Any
 import torch
 from treadle.components import MicroBatch
 from treadle.errors import UsageError
+from treadle.model_io import loss_shifts_labels
 
 IGNORE_INDEX = -100
 SEQUENCE_KEYS = ("input_ids", "inputs_embeds")
@@ -90,24 +95,35 @@ def sequence_length(inputs: dict[str, Any]) -> int:
     )
 
 
-def check(inputs: dict[str, Any], length: int, cp_size: int) -> None:
-    """Refuse what ring attention cannot compute or a slice cannot represent (one message each)."""
+def right_padded(mask: torch.Tensor) -> bool:
+    """Whether every row of a 2-D mask is ones, then zeros (padding on the right only)."""
+    return mask.dim() == 2 and bool((mask[:, 1:] <= mask[:, :-1]).all()) and bool(((mask == 0) | (mask == 1)).all())
+
+
+def check(inputs: dict[str, Any], length: int, cp_size: int, causal: bool = False) -> None:
+    """Refuse what ring attention cannot compute or a slice cannot represent (one message each).
+
+    ``causal``: the model is a causal LM (``loss_shifts_labels``), for which right padding is exact.
+    """
     if length % cp_size:
         raise UsageError(
             f"context parallel: a sequence length of {length} does not divide by cp_size={cp_size}; make every "
             f"training sequence a multiple of {2 * cp_size} tokens long (2 x cp_size also balances causal attention)"
         )
     mask = inputs.get("attention_mask")
-    if isinstance(mask, torch.Tensor) and not bool((mask == 1).all()):
-        raise UsageError(
-            "context parallel: the batch has an attention_mask with zeros (padding, or a custom mask), but torch's "
-            "ring attention computes only causal or full attention; pack sequences to a fixed length without padding "
-            "(then drop the mask or leave it all ones), or set cp_size=1"
-        )
     if isinstance(mask, torch.Tensor) and (mask.dim() != 2 or mask.shape[1] != length):
         raise UsageError(
             f"context parallel: attention_mask of shape {tuple(mask.shape)} is not (batch, {length}); only a 2-D mask "
-            "of ones can be split with the sequence"
+            "can be split with the sequence"
+        )
+    if isinstance(mask, torch.Tensor) and not bool((mask == 1).all()) and not (causal and right_padded(mask)):
+        fix = ("pad on the right (the tokenizer's padding_side='right'): right padding of a causal LM is exact without a mask"
+               if causal else
+               "right padding is handled for transformers causal LMs only; pack sequences to a fixed length without "
+               "padding (then drop the mask or leave it all ones)")
+        raise UsageError(
+            "context parallel: the batch has an attention_mask with zeros that is not right padding of a causal LM, but "
+            f"torch's ring attention computes only causal or full attention; {fix}, or set cp_size=1"
         )
     for key in LABEL_KEYS:
         labels = inputs.get(key)
@@ -139,6 +155,13 @@ def complete(inputs: dict[str, Any], model: torch.nn.Module, length: int) -> dic
     ``attention_mask`` of ones."""
     inputs = dict(inputs)
     ids = next(inputs[k] for k in SEQUENCE_KEYS if isinstance(inputs.get(k), torch.Tensor))
+    mask = inputs.get("attention_mask")
+    if isinstance(mask, torch.Tensor) and not bool((mask == 1).all()):  # right padding (``check`` allowed it)
+        padding = mask == 0
+        for key in LABEL_KEYS:  # no target at a padded position; the last real token's next one is padding
+            if isinstance(inputs.get(key), torch.Tensor):
+                inputs[key] = inputs[key].masked_fill(padding, IGNORE_INDEX)
+        inputs["attention_mask"] = torch.ones_like(mask)
     if inputs.get("position_ids") is None and accepts(model, "position_ids", by_name=True):
         inputs["position_ids"] = torch.arange(length, device=ids.device).unsqueeze(0).expand(ids.shape[0], -1)
     if inputs.get("attention_mask") is None and attention_implementation(model) is not None:
@@ -169,7 +192,7 @@ def split(inputs: dict[str, Any], model: torch.nn.Module, cp_mesh: Any, rotate: 
     cp_size = cp_mesh.size()
     check_model(model)
     length = sequence_length(inputs)
-    check(inputs, length, cp_size)
+    check(inputs, length, cp_size, causal=loss_shifts_labels(model))
     whole = complete(inputs, model, length)
     total = label_items(whole)
     names = [k for k, v in whole.items() if isinstance(v, torch.Tensor) and v.dim() >= 2 and v.shape[1] == length]
