@@ -22,6 +22,8 @@ from ds_kit import (
     free_port,
     logged,
     manifest,
+    ok,
+    run,
     torchrun,
     train,
     weights,
@@ -42,11 +44,11 @@ def test_zero2_and_zero3_on_two_ranks_train_like_one_process_and_ddp(tmp_path, e
     zero3 = train(tmp_path, "zero3", "--nproc_per_node", "2", "--master_port", str(free_port()),
                   "--deepspeed", config_file(tmp_path, "zero3", ZERO3), "--per_device_train_batch_size", "8",
                   extensions=extensions)
-    for run in (zero2, zero3):
-        assert_same_weights(run, one)
-        assert logged(run, "loss") == pytest.approx(logged(one, "loss"), rel=1e-5)  # the mean over both ranks
-        assert logged(run, "learning_rate") == pytest.approx(logged(one, "learning_rate"))  # the rate each step used
-        assert logged(run, "grad_norm") == pytest.approx(logged(one, "grad_norm"), rel=1e-4)  # the engine's global norm
+    for output in (zero2, zero3):
+        assert_same_weights(output, one)
+        assert logged(output, "loss") == pytest.approx(logged(one, "loss"), rel=1e-5)  # the mean over both ranks
+        assert logged(output, "learning_rate") == pytest.approx(logged(one, "learning_rate"))  # the rate each step used
+        assert logged(output, "grad_norm") == pytest.approx(logged(one, "grad_norm"), rel=1e-4)  # the engine's global norm
     if importlib.util.find_spec("treadle_ddp") is not None:
         ddp = train(tmp_path, "ddp", "--per_device_train_batch_size", "8", launcher=torchrun(), plugins="ddp",
                     extensions=extensions)
@@ -60,7 +62,9 @@ def _built(output_dir) -> list[dict]:
 def test_zero3_builds_the_model_partitioned_and_trains_as_when_built_whole(tmp_path, extensions):
     """deepspeed.zero.Init around the task: each rank holds half of every parameter from the start."""
     config = config_file(tmp_path, "zero3", ZERO3)
-    common = ("--task", "ds_task:build_recorded", "--deepspeed", config, "--per_device_train_batch_size", "8")
+    # an evaluation before the first step runs on an engine without optimizer, which training then replaces
+    common = ("--task", "ds_task:build_recorded", "--deepspeed", config, "--per_device_train_batch_size", "8",
+              "--do_eval", "true", "--eval_on_start", "true", "--eval_strategy", "steps", "--eval_steps", "8")
     partitioned = train(tmp_path, "partitioned", *common, launcher=torchrun(), extensions=extensions)
     whole = train(tmp_path, "whole", *common, "--deepspeed_zero3_init", "false", launcher=torchrun(), extensions=extensions)
     built, full = _built(partitioned), _built(whole)
@@ -68,10 +72,19 @@ def test_zero3_builds_the_model_partitioned_and_trains_as_when_built_whole(tmp_p
     assert all(rank["numel"] == built[0]["ds_numel"] and rank["ds_numel"] is None for rank in full), full
     assert_same_weights(partitioned, whole)
     assert logged(partitioned, "loss") == pytest.approx(logged(whole, "loss"), rel=1e-5)
+    evaluations = logged(partitioned, "eval_loss")
+    assert len(evaluations) == 2 and evaluations == pytest.approx(logged(whole, "eval_loss"), rel=1e-5)
+
+    # `treadle evaluate` builds the model partitioned too, loads the saved weights into the partitions
+    ok(run([*torchrun(), "evaluate", "--task", "ds_task:build", "--deepspeed", config, "--output_dir", partitioned,
+            "--per_device_eval_batch_size", "8", "--seed", "11", "--report_to", "none", "--disable_tqdm", "true"],
+           extensions=extensions))
+    final = json.loads((partitioned / "eval_results.json").read_text())["eval_loss"]
+    assert final == pytest.approx(evaluations[-1], rel=1e-5)
 
 
 def test_a_model_that_cannot_be_built_partitioned_is_one_message(tmp_path, extensions):
-    from ds_kit import COMMON, run
+    from ds_kit import COMMON
 
     result = run([*TREADLE, "train", *COMMON, "--task", "ds_task:reads_weights_while_building",
                   "--deepspeed", config_file(tmp_path, "zero3", ZERO3), "--output_dir", tmp_path / "out"], extensions=extensions)

@@ -71,6 +71,7 @@ class DeepSpeedStrategy(ProcessGroupStrategy, NoSyncCapable):
         self._slice_divisor = 1  # see _engine_sums_slices
         self._set_local_rank = False  # whether setup_environment wrote LOCAL_RANK (teardown takes it back)
         self._transformers_zero3: Any = None  # zero_init.TransformersZero3 under ZeRO-3, released at teardown
+        self._inference_only = False  # self.engine was made by setup_model for an evaluation, without optimizer
         self.evaluation_group: Any = None  # the data-parallel group under sp: a block evaluates each batch once
 
     # sizes (read by Trainer.get_tp_size / get_cp_size / get_sp_size) -------------------------
@@ -169,12 +170,32 @@ class DeepSpeedStrategy(ProcessGroupStrategy, NoSyncCapable):
         return isinstance(self.config.get("scheduler"), dict)
 
     def setup_model(self, model: torch.nn.Module) -> torch.nn.Module:
-        """The engine once ``setup`` made one; before that (evaluate without training) the model on the device."""
+        """The engine once ``setup`` made one. Before that (evaluate / predict without training): a
+        model built partitioned (ZeRO-3) gets an inference engine, which gathers each layer for its
+        forward; any other model goes to the device as it is."""
         if self.engine is not None and self.engine.module is model:
             return self.engine
         if self.root_device is None:
             self.setup_environment()
+        if _partitioned(model):
+            return self._inference_engine(model)
         return model.to(self.root_device)
+
+    def _inference_engine(self, model: torch.nn.Module) -> Any:
+        """DeepSpeed's ZeRO-3 engine without an optimizer (ZeRO-Inference); ``setup`` replaces it to train."""
+        import deepspeed
+
+        from treadle_deepspeed.zero_init import without_optimizer
+
+        config = engine_config(
+            without_optimizer(self.config), self.args, precision=option_value(self.args.precision),
+            hidden_size=_hidden_size(model), num_training_steps=None, client_optimizer=False,
+            world_size=self.data_parallel_size,
+        )
+        mpu = self.sequence_parallel.state if self.sequence_parallel is not None else None
+        self.engine, *_ = deepspeed.initialize(model=model, config=config, dist_init_required=False, mpu=mpu)
+        self._inference_only = True
+        return self.engine
 
     def setup(self, model: torch.nn.Module, optimizer: Any, scheduler: Any) -> tuple[Any, Any, Any]:
         """One ``deepspeed.initialize`` with the filled config: the engine, its optimizer and scheduler."""
@@ -182,6 +203,9 @@ class DeepSpeedStrategy(ProcessGroupStrategy, NoSyncCapable):
 
         if self.root_device is None:
             self.setup_environment()
+        if self._inference_only:  # an evaluation before training made an engine without optimizer
+            self.engine.destroy()
+            self.engine, self._inference_only = None, False
         config = engine_config(
             self.config, self.args, precision=option_value(self.args.precision),
             hidden_size=_hidden_size(model), num_training_steps=self._num_training_steps(),
@@ -302,11 +326,18 @@ class DeepSpeedStrategy(ProcessGroupStrategy, NoSyncCapable):
         """The full weights on rank 0: ZeRO-3 gathers its partitions (a collective: every rank calls this)."""
         if self.engine is not None and self.engine.zero_optimization_partition_weights():
             return self.engine._zero3_consolidated_16bit_state_dict() or {}
-        return self.unwrap_model(model).state_dict()
+        module = self.unwrap_model(model)
+        if _partitioned(module):  # built under zero.Init, no engine yet
+            import deepspeed
+
+            with deepspeed.zero.GatheredParameters(list(module.parameters())):
+                state = {name: value.detach().clone() for name, value in module.state_dict().items()}
+            return state if self.is_global_zero else {}
+        return module.state_dict()
 
     def load_model_state_dict(self, model: torch.nn.Module, state: dict[str, torch.Tensor], strict: bool = True) -> None:
         module = self.unwrap_model(model)
-        if self.engine is None or not self.engine.zero_optimization_partition_weights():
+        if not _partitioned(module):
             module.load_state_dict(state, strict=strict)
             return
         import deepspeed
@@ -400,6 +431,11 @@ def _warn_if_build_is_stuck() -> None:
             "%s is %d minutes old: a killed build of DeepSpeed's shm op left it, and the engine will wait for it "
             "forever. If no other process is compiling, delete it.", lock, age // 60,
         )
+
+
+def _partitioned(module: torch.nn.Module) -> bool:
+    """Whether ZeRO-3 holds the module's parameters as partitions (built under ``deepspeed.zero.Init``)."""
+    return any(hasattr(p, "ds_id") for p in module.parameters())
 
 
 def _hidden_size(model: torch.nn.Module) -> Optional[int]:
