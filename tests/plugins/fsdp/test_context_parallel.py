@@ -309,6 +309,28 @@ def test_right_padding_of_a_transformers_causal_lm_is_exact_without_the_mask():
         context_parallel.check(batch, SEQ, 2, causal=False)  # a model that may attend both ways
 
 
+def test_a_causal_lm_batch_of_any_length_is_padded_to_split_evenly():
+    """6 tokens with cp_size=2: padded on the right to 8 (2 x cp_size, balanced), with the loss unchanged."""
+    pytest.importorskip("transformers")
+    from test_nd_parallel import tiny_llama
+    from treadle_fsdp import context_parallel
+
+    model = tiny_llama().eval()
+    ids = torch.randint(1, VOCAB, (2, 6), generator=torch.Generator().manual_seed(3))
+    batch = {"input_ids": ids, "labels": ids.clone(), "position_ids": torch.arange(6).expand(2, -1)}
+    padded, length = context_parallel.pad_to_multiple(batch, 6, 4)
+    assert length == 8 and padded["input_ids"].shape == (2, 8)
+    assert padded["labels"][:, 6:].eq(-100).all() and padded["attention_mask"][:, 6:].eq(0).all()
+    assert padded["position_ids"][0].tolist() == list(range(8))
+    context_parallel.check(padded, length, 2, causal=True)
+    whole = context_parallel.complete(padded, model, length)
+    with torch.no_grad():
+        expected = model(input_ids=ids, labels=ids).loss
+        got = model(**{**whole, "use_cache": False}).loss
+    torch.testing.assert_close(got, expected)
+    assert context_parallel.pad_to_multiple(batch, 6, 3) == (batch, 6)  # already a multiple: untouched
+
+
 def test_what_ring_attention_cannot_compute_is_refused_with_the_fix():
     from treadle_fsdp import context_parallel
 

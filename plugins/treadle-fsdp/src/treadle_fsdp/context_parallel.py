@@ -45,6 +45,8 @@ The rules a micro-batch follows here, and why:
 * **Lengths.** The sequence length must divide by ``cp_size``. When it divides by
   ``2 * cp_size`` torch balances causal work by giving each rank one chunk from the head and
   the mirrored one from the tail (otherwise rank 0 would have almost nothing to attend to).
+  A transformers causal LM's micro-batch is padded on the right to a multiple of
+  ``2 * cp_size`` (``pad_to_multiple``), so any length works; other models must come so.
 * **Loss weights.** Label tokens (``!= -100``, of ``shift_labels`` when present) are counted in
   this rank's slice and in the whole micro-batch, so the loop weighs this slice's mean loss by
   its share (``MicroBatch.loss_weight``); gradients are then averaged over the flattened
@@ -172,6 +174,33 @@ def complete(inputs: dict[str, Any], model: torch.nn.Module, length: int) -> dic
     return inputs
 
 
+def pad_to_multiple(inputs: dict[str, Any], length: int, multiple: int) -> tuple[dict[str, Any], int]:
+    """A causal LM's micro-batch padded on the right to a multiple of ``multiple`` tokens (its new length).
+
+    Sequences then split evenly (and, at ``2 x cp_size``, with balanced causal work). The padding
+    is right padding as ``complete`` treats it: labels -100, mask zeros, positions counting on,
+    other per-token inputs 0; no real token attends to it.
+    """
+    extra = -length % multiple
+    if not extra:
+        return inputs, length
+    inputs = dict(inputs)
+    ids = next(inputs[k] for k in SEQUENCE_KEYS if isinstance(inputs.get(k), torch.Tensor))
+    if not isinstance(inputs.get("attention_mask"), torch.Tensor):
+        inputs["attention_mask"] = torch.ones(ids.shape[0], length, dtype=torch.long, device=ids.device)
+    for key, value in list(inputs.items()):
+        if not (isinstance(value, torch.Tensor) and value.dim() >= 2 and value.shape[1] == length):
+            continue
+        if key == "position_ids":
+            steps = torch.arange(1, extra + 1, device=value.device, dtype=value.dtype)
+            tail = value[:, -1:] + steps.view(1, -1, *([1] * (value.dim() - 2)))
+        else:
+            fill = IGNORE_INDEX if key in LABEL_KEYS else 0
+            tail = value.new_full((value.shape[0], extra, *value.shape[2:]), fill)
+        inputs[key] = torch.cat([value, tail], dim=1)
+    return inputs, length + extra
+
+
 def label_items(inputs: dict[str, Any]) -> int | None:
     """Label tokens (not -100) of the labels the loss reads; None without integer labels."""
     for key in LABEL_KEYS:
@@ -192,7 +221,10 @@ def split(inputs: dict[str, Any], model: torch.nn.Module, cp_mesh: Any, rotate: 
     cp_size = cp_mesh.size()
     check_model(model)
     length = sequence_length(inputs)
-    check(inputs, length, cp_size, causal=loss_shifts_labels(model))
+    causal = loss_shifts_labels(model)
+    if causal:  # any length splits, with balanced causal work
+        inputs, length = pad_to_multiple(inputs, length, 2 * cp_size)
+    check(inputs, length, cp_size, causal=causal)
     whole = complete(inputs, model, length)
     total = label_items(whole)
     names = [k for k, v in whole.items() if isinstance(v, torch.Tensor) and v.dim() >= 2 and v.shape[1] == length]
@@ -260,4 +292,4 @@ def rotate_method(handler: Any) -> str | None:
     return value
 
 
-__all__ = ["split", "rotate_method", "unsupported_attention"]
+__all__ = ["pad_to_multiple", "rotate_method", "split", "unsupported_attention"]
