@@ -12,6 +12,7 @@ import torch
 
 from treadle.builtin.demo_task import GlyphClassifier, GlyphDataset, make_glyphs
 from treadle.components import TaskParts
+from treadle.markers import hookimpl
 
 
 def build(args: Any) -> TaskParts:
@@ -38,10 +39,24 @@ def _record(args: Any, model: torch.nn.Module, **facts: Any) -> None:
     (out / f"built-rank{os.environ.get('RANK', '0')}.json").write_text(json.dumps(facts))
 
 
+class RecordParameterCount:
+    """Writes ``trainer.get_num_trainable_parameters()`` at the start of training (rank 0)."""
+
+    @hookimpl
+    def treadle_on_train_begin(self, trainer: Any, args: Any) -> None:
+        import json
+        import os
+        from pathlib import Path
+
+        if os.environ.get("RANK", "0") == "0":
+            Path(args.output_dir, "trainable.json").write_text(json.dumps(trainer.get_num_trainable_parameters()))
+
+
 def build_recorded(args: Any) -> TaskParts:
-    """``build``, noting whether ZeRO-3 built the model partitioned."""
+    """``build``, noting whether ZeRO-3 built the model partitioned, and the trainable parameters the Trainer counts."""
     parts = build(args)
     _record(args, parts.model)
+    parts.callbacks = [RecordParameterCount()]
     return parts
 
 

@@ -70,6 +70,8 @@ def test_zero3_builds_the_model_partitioned_and_trains_as_when_built_whole(tmp_p
     built, full = _built(partitioned), _built(whole)
     assert all(rank["numel"] == 0 and rank["ds_numel"] > 0 for rank in built), built  # only partitions were allocated
     assert all(rank["numel"] == built[0]["ds_numel"] and rank["ds_numel"] is None for rank in full), full
+    counted = [json.loads((run_dir / "trainable.json").read_text()) for run_dir in (partitioned, whole)]
+    assert counted[0] == counted[1] == sum(t.numel() for t in weights(whole).values())  # full sizes, not partitions
     assert_same_weights(partitioned, whole)
     assert logged(partitioned, "loss") == pytest.approx(logged(whole, "loss"), rel=1e-5)
     evaluations = logged(partitioned, "eval_loss")

@@ -409,6 +409,14 @@ class Strategy(ABC):
         """
         return contextlib.nullcontext()
 
+    def num_parameters(self, model: torch.nn.Module, trainable_only: bool = False) -> int:
+        """The model's parameter count at full size, however this strategy holds the parameters.
+
+        A strategy whose parameters are local partitions (DeepSpeed's ZeRO-3: ``numel()`` is 0)
+        counts their full sizes; DTensor shards (FSDP2, tensor parallel) report theirs already.
+        """
+        return sum(p.numel() for p in model.parameters() if p.requires_grad or not trainable_only)
+
     def unwrap_model(self, model: torch.nn.Module) -> torch.nn.Module:
         """The user's module inside whatever wrapper ``setup_model`` added."""
         return model

@@ -1453,7 +1453,8 @@ class Trainer(SeedTrainerMethods):
         return float(self.get_learning_rates()[0])
 
     def get_num_trainable_parameters(self) -> int:
-        return sum(p.numel() for p in self.model.parameters() if p.requires_grad)
+        """Trainable parameters at their full sizes (the strategy counts partitioned ones whole)."""
+        return self.strategy.num_parameters(self.model, trainable_only=True)
 
     def get_total_train_batch_size(self, args: Any = None) -> int:
         """Samples per optimizer step: per-device batch x accumulation x data-parallel replicas

@@ -255,6 +255,11 @@ class DeepSpeedStrategy(ProcessGroupStrategy, NoSyncCapable):
             return int(self.num_training_steps)
         return self.args.max_steps if self.args.max_steps and self.args.max_steps > 0 else None
 
+    def num_parameters(self, model: torch.nn.Module, trainable_only: bool = False) -> int:
+        """ZeRO-3 holds a partition of each parameter (``numel()`` 0): its full size is ``ds_numel``."""
+        module = self.unwrap_model(model)
+        return sum(getattr(p, "ds_numel", p.numel()) for p in module.parameters() if p.requires_grad or not trainable_only)
+
     def unwrap_model(self, model: torch.nn.Module) -> torch.nn.Module:
         inner = getattr(model, "_orig_mod", model)
         return inner.module if self.engine is not None and inner is self.engine else inner
