@@ -147,14 +147,20 @@ class DeepSpeedStrategy(ProcessGroupStrategy, NoSyncCapable):
         from treadle_deepspeed import zero_init
 
         self.setup_environment()
-        config = engine_config(
-            zero_init.without_optimizer(self.config), self.args, precision=option_value(self.args.precision),
-            hidden_size=None, num_training_steps=None, client_optimizer=False, world_size=self.data_parallel_size,
-        )
+        config = self._config_without_optimizer(hidden_size=None)
         self._tell_transformers(config)
         # under sequence parallel the batch is counted per block and ZeRO partitions over every rank, as the engine's mpu says
         state = self.sequence_parallel.state if self.sequence_parallel is not None else None
         return zero_init.partitioned_construction(config, self._transformers_zero3, state)
+
+    def _config_without_optimizer(self, hidden_size: Optional[int]) -> dict[str, Any]:
+        """The filled config less its optimizer and scheduler: for ``zero.Init`` and an engine that only evaluates."""
+        from treadle_deepspeed.zero_init import without_optimizer
+
+        return engine_config(
+            without_optimizer(self.config), self.args, precision=option_value(self.args.precision),
+            hidden_size=hidden_size, num_training_steps=None, client_optimizer=False, world_size=self.data_parallel_size,
+        )
 
     def _tell_transformers(self, config: dict[str, Any]) -> None:
         """Hold transformers' ZeRO-3 flag from the first use on (loading into partitions, ``generate``'s sync)."""
@@ -185,13 +191,7 @@ class DeepSpeedStrategy(ProcessGroupStrategy, NoSyncCapable):
         """DeepSpeed's ZeRO-3 engine without an optimizer (ZeRO-Inference); ``setup`` replaces it to train."""
         import deepspeed
 
-        from treadle_deepspeed.zero_init import without_optimizer
-
-        config = engine_config(
-            without_optimizer(self.config), self.args, precision=option_value(self.args.precision),
-            hidden_size=_hidden_size(model), num_training_steps=None, client_optimizer=False,
-            world_size=self.data_parallel_size,
-        )
+        config = self._config_without_optimizer(hidden_size=_hidden_size(model))
         mpu = self.sequence_parallel.state if self.sequence_parallel is not None else None
         self.engine, *_ = deepspeed.initialize(model=model, config=config, dist_init_required=False, mpu=mpu)
         self._inference_only = True

@@ -20,13 +20,10 @@ from __future__ import annotations
 import contextlib
 import copy
 import importlib.util
-import logging
 from collections.abc import Iterator
 from typing import Any
 
 from treadle.errors import TreadleError, UsageError
-
-logger = logging.getLogger("treadle.deepspeed")
 
 # what a model's construction raises when it cannot run on partitioned parameters
 _BUILD_ERRORS = (RuntimeError, ValueError, TypeError, AssertionError, IndexError)
